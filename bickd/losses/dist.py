@@ -1,0 +1,45 @@
+"""DIST (Huang et al., NeurIPS 2022): 1 - Pearson correlation of student and teacher probabilities,
+across classes per sample (inter-class relation) and across samples per class (intra-class relation)."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from bickd.schema import StrictModel
+
+
+class DISTParams(StrictModel):
+    name: Literal["dist"] = "dist"
+    tau: float = Field(4.0, gt=0, description="softmax temperature (4 on CIFAR)")
+    w_ce: float = Field(1.0, ge=0, description="cross-entropy weight")
+    beta: float = Field(2.0, ge=0, description="inter-class (row) relation weight")
+    gamma: float = Field(2.0, ge=0, description="intra-class (column) relation weight")
+
+
+def _pearson_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Mean over rows of 1 - Pearson correlation between a[i] and b[i]."""
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    corr = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+    return (1 - corr).mean()
+
+
+class DISTLoss(torch.nn.Module):
+    needs_teacher = True
+
+    def __init__(self, **params):
+        super().__init__()
+        self.params = DISTParams(**params)
+
+    def forward(self, student_logits, teacher_logits, labels, epoch: float = 0.0):
+        p = self.params
+        ys = F.softmax(student_logits.float() / p.tau, dim=1)
+        yt = F.softmax(teacher_logits.detach().float() / p.tau, dim=1)
+        ce = F.cross_entropy(student_logits.float(), labels)
+        inter = p.tau ** 2 * _pearson_distance(ys, yt)
+        intra = p.tau ** 2 * _pearson_distance(ys.T, yt.T)
+        total = p.w_ce * ce + p.beta * inter + p.gamma * intra
+        return total, {"ce": ce.detach(), "inter": inter.detach(), "intra": intra.detach()}

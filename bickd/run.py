@@ -1,0 +1,139 @@
+"""A whole training run from one `TrainConfig`: build, train epoch by epoch, evaluate, checkpoint, report.
+
+Launchers stay outside: `report(metrics, checkpoint)` is injected (print for the CLI, `ray.tune.report` or
+`ray.train.report` in the platform), and DDP is whatever `torch.distributed` process group the launcher
+set up. Nothing here knows Ray.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from bickd import engine
+from bickd.config import TrainConfig
+from bickd.data import load_dataset, make_batches
+from bickd.losses import build_loss
+from bickd.models import create_model, load_checkpoint
+from bickd.optim import build_optimizer, set_lr
+from bickd.runtime import apply_threads, autocast, resolve_device, seed_everything
+
+Metrics = dict[str, float]
+Report = Callable[[Metrics, "dict[str, Any] | None"], None]
+
+
+def print_report(metrics: Metrics, checkpoint: dict[str, Any] | None) -> None:
+    shown = {k: metrics[k] for k in ("epoch", "train/loss", "test/top1", "test/top1_best", "lr") if k in metrics}
+    print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()), flush=True)
+
+
+def _distributed() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def build_teacher(cfg: TrainConfig, num_classes: int, device: torch.device,
+                  state: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+    """The teacher from `state` (weights handed over by a launcher) or from `teacher.checkpoint`."""
+    teacher = create_model(cfg.teacher.model, num_classes)
+    if state is not None:
+        teacher.load_state_dict(state)
+    elif cfg.teacher.checkpoint is not None:
+        load_checkpoint(teacher, cfg.teacher.checkpoint)
+    else:
+        raise ValueError("teacher.checkpoint is not set: train the teacher first (python -m bickd.train "
+                         "does it on its own) or give a trained checkpoint")
+    return teacher.to(device)
+
+
+def fit(cfg: TrainConfig, report: Report = print_report, resume: dict[str, Any] | None = None,
+        device: torch.device | str | None = None, teacher_fn: engine.TeacherFn | None = None,
+        teacher_state: dict[str, torch.Tensor] | None = None, checkpoint_every: int = 1) -> Metrics:
+    """Trains `cfg.student` under `cfg.loss`; returns the last reported metrics.
+
+    `resume` is a checkpoint dict this function reported earlier: training continues after its epoch.
+    `teacher_fn` replaces the live teacher (e.g. a logit cache); by default the teacher runs live, with
+    weights from `teacher_state` if given, else from `cfg.teacher.checkpoint`.
+    """
+    rank, world_size = _distributed()
+    device = resolve_device(cfg.runtime, device)
+    apply_threads(cfg.runtime)
+    seed_everything(cfg.seed)
+    amp = lambda: autocast(cfg.runtime, device)  # noqa: E731 - a fresh context per use
+    memory_format = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
+
+    data = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download,
+                        image_size=cfg.data.image_size, seed=cfg.data.seed, **cfg.data.options)
+    batches = make_batches(data, cfg.recipe.batch_size, device, seed=cfg.seed, rank=rank,
+                           world_size=world_size, channels_last=cfg.runtime.channels_last)
+    student = create_model(cfg.student.model, batches.num_classes).to(device, memory_format=memory_format)
+    loss_fn = build_loss(cfg.loss)
+    if not loss_fn.needs_teacher:
+        teacher_fn = None
+    elif teacher_fn is None:
+        teacher = build_teacher(cfg, batches.num_classes, device, teacher_state).to(memory_format=memory_format)
+        teacher_fn = engine.live_teacher(teacher, amp)
+    optimizer = build_optimizer(student, cfg.recipe)
+
+    start_epoch, best = 0, 0.0
+    if resume is not None:
+        student.load_state_dict(resume["student"])
+        optimizer.load_state_dict(resume["optimizer"])
+        start_epoch, best = resume["epoch"] + 1, resume["best_top1"]
+    model = DistributedDataParallel(student) if world_size > 1 else student
+
+    metrics: Metrics = {}
+    check_every = 1 if device.type == "cpu" else 20
+    for epoch in range(start_epoch, cfg.recipe.epochs):
+        lr = set_lr(optimizer, cfg.recipe, epoch)
+        started = time.perf_counter()
+        train = engine.train_epoch(model, loss_fn, batches.train(epoch), optimizer, epoch,
+                                   batches.steps_per_epoch, teacher_fn, amp, check_every)
+        train_seconds = time.perf_counter() - started
+        metrics = {"epoch": epoch + 1, "lr": lr, "time/train_s": train_seconds,
+                   "time/img_per_s": batches.steps_per_epoch * cfg.recipe.batch_size * world_size / train_seconds,
+                   **{f"train/{k}": v for k, v in train.items()}}
+        last = epoch + 1 == cfg.recipe.epochs
+        if last or (epoch + 1) % cfg.runtime.eval_every == 0:
+            test = engine.evaluate(student, batches.test(), amp)
+            best = max(best, test["top1"])
+            metrics.update({f"test/{k}": v for k, v in test.items()}, **{"test/top1_best": best})
+        state = None
+        if rank == 0 and (last or (epoch + 1) % checkpoint_every == 0):
+            state = {"student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                     "epoch": epoch, "best_top1": best, "model": cfg.student.model}
+        report(metrics, state)
+    return metrics
+
+
+def evaluate_weights(cfg: TrainConfig, model_name: str, state: dict[str, torch.Tensor],
+                     device: torch.device | str | None = None) -> Metrics:
+    """Test-set metrics of `model_name` with weights `state` on the run's data (e.g. a given teacher)."""
+    device = resolve_device(cfg.runtime, device)
+    data = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download,
+                        image_size=cfg.data.image_size, seed=cfg.data.seed, **cfg.data.options)
+    batches = make_batches(data, cfg.recipe.batch_size, device, seed=cfg.seed,
+                           channels_last=cfg.runtime.channels_last)
+    model = create_model(model_name, batches.num_classes)
+    model.load_state_dict(state)
+    return engine.evaluate(model.to(device), batches.test(), lambda: autocast(cfg.runtime, device))
+
+
+def train_teacher(cfg: TrainConfig, report: Report = print_report) -> tuple[dict[str, torch.Tensor], list[Metrics]]:
+    """Trains `cfg.teacher` with plain CE on the same data; returns its weights and per-epoch metrics."""
+    history: list[Metrics] = []
+    last: dict[str, Any] = {}
+
+    def keep(metrics: Metrics, state: dict[str, Any] | None) -> None:
+        history.append(dict(metrics))
+        if state is not None:
+            last["state"] = state
+        report(metrics, None)
+
+    fit(cfg.teacher_training_config(), report=keep)
+    return last["state"]["student"], history

@@ -1,0 +1,23 @@
+"""`platform` is both this project's package and, transparently, Python's standard-library module.
+
+Run from the repository root, this folder shadows the stdlib `platform` that torch, ray, mlflow, pandas
+and pytest import for `platform.system()` and friends. So this file loads the real stdlib module from its
+own file, grafts this folder onto it as a package path (`platform.tune` still resolves as a submodule) and
+puts that module in `sys.modules`: every `import platform` anywhere gets the stdlib API plus our
+submodules. See docs/architecture.md ("the platform package").
+"""
+import importlib.util
+import os
+import sys
+import sysconfig
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_STDLIB_FILE = os.path.join(sysconfig.get_paths()["stdlib"], "platform.py")
+
+_spec = importlib.util.spec_from_file_location("platform", _STDLIB_FILE)
+_stdlib_platform = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_stdlib_platform)
+_stdlib_platform.__path__ = [_PACKAGE_DIR]
+# The import system reads submodule locations from the module's spec.
+_stdlib_platform.__spec__.submodule_search_locations = [_PACKAGE_DIR]
+sys.modules["platform"] = _stdlib_platform

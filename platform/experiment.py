@@ -1,0 +1,240 @@
+"""The experiment YAML: a `TrainConfig` (what one trial trains) plus how to search, schedule, place and
+track the trials. Validated completely before anything starts; errors name the field (see bickd.config_io).
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from bickd.config import TrainConfig
+from bickd.config_io import ConfigError, describe, read_yaml, validate
+from bickd.schema import StrictModel
+
+Scalar = int | float | str | bool | None
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "abfss://", "az://", "hdfs://")
+
+
+class SearchParam(StrictModel):
+    """One searched parameter: exactly one distribution, optionally sampled only `when` others match."""
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    int: tuple[int, int] | None = None
+    choice: list[Scalar] | None = None
+    step: float | None = Field(None, gt=0, description="quantisation step of uniform / int")
+    when: dict[str, Scalar | list[Scalar]] | None = Field(
+        None, description="sample only when these earlier parameters take these values")
+
+    @model_validator(mode="after")
+    def _one_distribution(self) -> SearchParam:
+        kinds = [k for k in ("uniform", "loguniform", "int", "choice") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"give exactly one of uniform, loguniform, int, choice (got {kinds or 'none'})")
+        kind = kinds[0]
+        if kind == "choice":
+            if not self.choice:
+                raise ValueError("choice: needs at least one value")
+        else:
+            low, high = getattr(self, kind)
+            if not low < high:
+                raise ValueError(f"{kind}: range [{low}, {high}] is empty or inverted (need low < high)")
+            if kind == "loguniform" and low <= 0:
+                raise ValueError(f"loguniform: low must be > 0 (got {low})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("uniform", "loguniform", "int", "choice") if getattr(self, k) is not None)
+
+    def midpoint(self) -> Any:
+        """A value inside the range, used to check that the parameter can be applied to the config."""
+        if self.choice is not None:
+            return self.choice[0]
+        low, high = getattr(self, self.kind)
+        return low if self.kind == "int" else (low * high) ** 0.5 if self.kind == "loguniform" else (low + high) / 2
+
+
+class SearchConfig(StrictModel):
+    num_samples: int = Field(8, ge=1, description="trials to run")
+    seed: int = Field(0, ge=0, description="seed of the Optuna sampler")
+    sampler: Literal["tpe", "random", "gp", "qmc"] = "tpe"
+    metric: str = Field("test/top1", description="reported metric to optimise")
+    mode: Literal["max", "min"] = "max"
+    space: dict[str, SearchParam] = Field(default_factory=dict)
+    points_to_evaluate: list[dict[str, Scalar]] = Field(
+        default_factory=list, description="first trials, e.g. the method's defaults")
+
+    @model_validator(mode="after")
+    def _conditions_name_earlier_choices(self) -> SearchConfig:
+        names = list(self.space)
+        for position, (name, param) in enumerate(self.space.items()):
+            for other, allowed in (param.when or {}).items():
+                if other not in names[:position]:
+                    raise ValueError(f"space.{name}.when names '{other}', which is not a parameter listed "
+                                     f"before it; conditions may name: {', '.join(names[:position]) or 'nothing'}")
+        for point in self.points_to_evaluate:
+            unknown = sorted(set(point) - set(names))
+            if unknown:
+                raise ValueError(f"points_to_evaluate names {unknown}, not in space ({', '.join(names)})")
+        return self
+
+
+class SchedulerConfig(StrictModel):
+    type: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1, description="epochs every trial runs before it can be stopped")
+    reduction_factor: float = Field(2.0, gt=1)
+    max_t: int | None = Field(None, ge=1, description="epochs of the longest trial (default: recipe.epochs)")
+
+
+class AblationConfig(StrictModel):
+    arms: dict[str, dict[str, Any]] = Field(description="arm name -> overrides of the base config")
+    seeds: list[int] = Field(min_length=1, description="every arm runs once per seed")
+    reference: str = Field("full", description="the arm the others are compared with")
+    control: str | None = Field("kd_only", description="the KD arm, for a second comparison")
+
+    @model_validator(mode="after")
+    def _arms_named(self) -> AblationConfig:
+        if not self.arms:
+            raise ValueError("arms: give at least one arm")
+        for role in ("reference", "control"):
+            name = getattr(self, role)
+            if name is not None and name not in self.arms:
+                raise ValueError(f"{role} '{name}' is not an arm; arms: {', '.join(self.arms)}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds {self.seeds} repeat a seed")
+        return self
+
+
+class ResourcesConfig(StrictModel):
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0, description="fractions pack several trials on one GPU")
+    num_workers: int = Field(0, ge=0, description="0: train inside the Tune trial; N: TorchTrainer with N DDP workers")
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    max_failures: int = Field(2, ge=0, description="restarts of a failed trial from its last checkpoint")
+
+    @model_validator(mode="after")
+    def _fractional_gpus_are_single_device(self) -> ResourcesConfig:
+        if self.num_workers > 1 and 0 < self.gpus_per_trial < 1:
+            raise ValueError(f"gpus_per_trial {self.gpus_per_trial} is per DDP worker: "
+                             "fractions are for single-device trials (num_workers 0 or 1)")
+        if self.gpus_per_trial > 1 and self.num_workers <= 1:
+            raise ValueError(f"gpus_per_trial {self.gpus_per_trial} > 1 needs num_workers >= 2 (one GPU per worker)")
+        return self
+
+
+class TrackingConfig(StrictModel):
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: SQLite in the experiment dir)")
+    experiment_name: str | None = Field(None, description="MLflow experiment (default: the experiment's name)")
+
+
+class ExperimentConfig(TrainConfig):
+    name: str = Field(description="experiment name: letters, digits, '-', '_', '.'")
+    description: str = ""
+    storage_path: str = Field("experiments", description="local folder or s3:// / gs:// / abfss:// URI")
+    search: SearchConfig | None = None
+    ablation: AblationConfig | None = None
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):
+            raise ValueError("use letters, digits, '-', '_' and '.' (it names folders and MLflow experiments)")
+        return name
+
+    @field_validator("storage_path")
+    @classmethod
+    def _storage_form(cls, path: str) -> str:
+        if "://" in path and not path.startswith(REMOTE_SCHEMES + ("file://",)):
+            raise ValueError(f"unsupported scheme; use a local path or one of {', '.join(REMOTE_SCHEMES)}")
+        if path.startswith(REMOTE_SCHEMES) and not re.fullmatch(r"[a-z0-9]+://[^/\s]+(/\S*)?", path):
+            raise ValueError("malformed URI: expected scheme://bucket/prefix")
+        return path
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> ExperimentConfig:
+        if (self.search is None) == (self.ablation is None):
+            raise ValueError("give exactly one of the sections 'search' (an Optuna search) or 'ablation' (arms x seeds)")
+        max_t = self.scheduler.max_t or self.recipe.epochs
+        if self.scheduler.max_t is not None and self.scheduler.max_t > self.recipe.epochs:
+            raise ValueError(f"scheduler.max_t {self.scheduler.max_t} exceeds recipe.epochs {self.recipe.epochs}")
+        if self.scheduler.type == "asha" and self.scheduler.grace_period > max_t:
+            raise ValueError(f"scheduler.grace_period {self.scheduler.grace_period} exceeds max_t {max_t}")
+        if self.is_remote and self.tracking.tracking_uri is None:
+            raise ValueError("storage_path is remote: set tracking.tracking_uri to an MLflow server "
+                             "(e.g. http://127.0.0.1:5000 on the head node)")
+        return self
+
+    @property
+    def is_remote(self) -> bool:
+        return self.storage_path.startswith(REMOTE_SCHEMES)
+
+    @property
+    def mode(self) -> str:
+        return "ablation" if self.ablation is not None else "search"
+
+    @property
+    def max_epochs(self) -> int:
+        return self.scheduler.max_t or self.recipe.epochs
+
+    def base_train_config(self) -> TrainConfig:
+        return TrainConfig.model_validate(self.train_dict())
+
+
+def load_experiment(path: str, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Reads and validates an experiment YAML; `overrides` are dotted paths (CLI flags)."""
+    tree = read_yaml(path)
+    for key, value in (overrides or {}).items():
+        _set(tree, key, value)
+    experiment = validate(ExperimentConfig, tree, source=path)
+    _check_trials_are_valid(experiment, path)
+    return experiment
+
+
+def _set(tree: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[leaf] = value
+
+
+def _check_trials_are_valid(experiment: ExperimentConfig, source: str) -> None:
+    """Every searched parameter and every ablation arm must produce a valid TrainConfig."""
+    base = experiment.base_train_config()
+    checks: list[tuple[str, dict[str, Any]]] = []
+    if experiment.search is not None:
+        for name, param in experiment.search.space.items():
+            values = param.choice if param.choice is not None else [param.midpoint(), *getattr(param, param.kind)]
+            checks += [(f"search.space.{name}", {name: v}) for v in values]
+        checks += [(f"search.points_to_evaluate[{i}]", point)
+                   for i, point in enumerate(experiment.search.points_to_evaluate)]
+    if experiment.ablation is not None:
+        checks += [(f"ablation.arms.{arm}", overrides) for arm, overrides in experiment.ablation.arms.items()]
+    for where, overrides in checks:
+        try:
+            base.with_overrides(overrides)
+        except ValidationError as err:
+            raise ConfigError(f"{source}: {where} gives an invalid trial: {describe(err, TrainConfig)}") from None
+        except ValueError as err:
+            raise ConfigError(f"{source}: {where}: {err}") from None
+
+
+def default_paths(experiment: ExperimentConfig) -> dict[str, str]:
+    """Where everything of an experiment goes. Local storage keeps it all in one folder."""
+    if experiment.is_remote:
+        local = os.path.abspath(os.path.join(os.path.expanduser("~/.bickd"), experiment.name))
+        root = experiment.storage_path.rstrip("/")
+    else:
+        local = os.path.abspath(os.path.join(experiment.storage_path.removeprefix("file://"), experiment.name))
+        root = os.path.dirname(local)
+    return {
+        "storage_path": root,
+        "experiment_dir": local,
+        "tracking_uri": experiment.tracking.tracking_uri or f"sqlite:///{os.path.join(local, 'mlflow.db')}",
+        "optuna_storage": f"sqlite:///{os.path.join(local, 'optuna.db')}",
+        "teacher_checkpoint": os.path.join(local, "teacher", f"{experiment.teacher.model if experiment.teacher else 'none'}.pt"),
+    }

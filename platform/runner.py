@@ -1,0 +1,214 @@
+"""Runs a validated experiment: preflight, teacher stage, the Tune run, the results and the summary."""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from bickd.config_io import ConfigError
+from platform import preflight
+from platform.experiment import ExperimentConfig
+
+STATE_FILE = "tuner.pkl"  # written by Tune in the experiment folder; its presence means "can resume"
+
+
+def run_experiment(experiment: ExperimentConfig, paths: dict[str, str], address: str | None = None,
+                   num_cpus: float | None = None, resume: bool = False, write_report: bool = True) -> int:
+    experiment_dir = paths["experiment_dir"]
+    exists = os.path.exists(os.path.join(experiment_dir, STATE_FILE)) or os.path.exists(
+        os.path.join(experiment_dir, "experiment.yaml"))
+    if exists and not resume:
+        raise ConfigError(f"name: experiment '{experiment.name}' already exists in {experiment_dir}; "
+                          "pass --resume to continue it, or choose another name")
+    if resume and not exists:
+        raise ConfigError(f"--resume: no experiment '{experiment.name}' in {experiment_dir} to resume")
+    preflight.check_storage(experiment_dir, experiment.is_remote)
+    preflight.check_tracking(paths["tracking_uri"])
+    num_classes = preflight.check_data(experiment)
+    preflight.check_teacher_checkpoint(experiment, num_classes)
+
+    # Everything below may create files: all checks have passed.
+    created = not os.path.exists(experiment_dir)
+    os.makedirs(experiment_dir, exist_ok=True)
+    try:
+        return _run(experiment, paths, num_classes, address, num_cpus, resume, write_report)
+    except BaseException:
+        if created and not os.path.exists(os.path.join(experiment_dir, STATE_FILE)):
+            shutil.rmtree(experiment_dir, ignore_errors=True)  # nothing half-written from a failed start
+        raise
+
+
+def _run(experiment: ExperimentConfig, paths: dict[str, str], num_classes: int, address: str | None,
+         num_cpus: float | None, resume: bool, write_report: bool) -> int:
+    from ray import tune
+
+    from platform.ray_env import cluster_resources, init_ray
+    from platform.search import build_searcher
+    from platform.teacher import prepare_teacher
+    from platform.tracking import TrialLogger, Tracker, flatten
+    from platform.trial import run_trial, trial_config
+
+    experiment_dir = paths["experiment_dir"]
+    with open(os.path.join(experiment_dir, "experiment.yaml"), "w", encoding="utf-8") as handle:
+        yaml.safe_dump(experiment.model_dump(mode="json"), handle, sort_keys=False)
+
+    init_ray(address, num_cpus=num_cpus)
+    _check_resources(experiment, cluster_resources())
+    tracker = Tracker(paths["tracking_uri"], experiment.tracking.experiment_name or experiment.name, experiment_dir)
+    parent = tracker.parent_run(experiment.name, experiment.model_dump(mode="json"),
+                                {"mode": experiment.mode, "experiment": experiment.name})
+    try:
+        teacher_state = prepare_teacher(experiment, paths["teacher_checkpoint"], num_classes, tracker, parent)
+        base = experiment.base_train_config()
+        arms = experiment.ablation.arms if experiment.ablation is not None else None
+        resources = experiment.resources
+        trainable = tune.with_parameters(
+            run_trial, base=base, arms=arms, teacher_state=teacher_state, num_workers=resources.num_workers,
+            cpus_per_worker=resources.cpus_per_trial, gpus_per_worker=resources.gpus_per_trial,
+            storage_path=paths["storage_path"], max_failures=resources.max_failures)
+        trainable = tune.with_resources(trainable, _trial_resources(experiment))
+
+        def describe(point: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+            config = trial_config(base, point, arms)
+            name = (f"{point['arm']}-seed{point['seed']}" if arms is not None else
+                    ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in point.items()) or "defaults")
+            return name, {**flatten(config.train_dict()), **({"arm": point["arm"]} if arms else {})}
+
+        logger = TrialLogger(tracker, parent, describe, experiment.max_epochs, {"experiment": experiment.name})
+        tuner = _restore_tuner(paths, trainable, logger) if resume else _new_tuner(
+            experiment, paths, trainable, logger, build_searcher)
+        results = tuner.fit()
+        rows = _result_rows(results, arms)
+        summary = _summarise(experiment, paths, rows, tracker, parent)
+        if write_report:
+            from platform.report import write_experiment_report
+            write_experiment_report(experiment_dir, tracking_uri=paths["tracking_uri"], quiet=False)
+        tracker.finish(parent, "FINISHED")
+        print(summary, flush=True)
+        return 0
+    except KeyboardInterrupt:
+        tracker.finish(parent, "KILLED")
+        print(f"\ninterrupted: continue with  python -m platform.tune <yaml> --resume", flush=True)
+        return 130
+    except BaseException:
+        tracker.finish(parent, "FAILED")
+        raise
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _trial_resources(experiment: ExperimentConfig) -> dict[str, float]:
+    resources = experiment.resources
+    if resources.num_workers == 0:
+        return {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial}
+    return {"cpu": 0.5}  # the trial only drives a TorchTrainer; its workers ask for the real resources
+
+
+def _slots(experiment: ExperimentConfig, available: dict[str, float]) -> int:
+    """How many trials fit at once; for TorchTrainer trials Tune cannot see the workers' needs itself."""
+    r = experiment.resources
+    workers = max(r.num_workers, 1)
+    need_cpu = workers * r.cpus_per_trial + (0.5 if r.num_workers else 0)
+    fits = [available.get("CPU", 0) / need_cpu]
+    if r.gpus_per_trial:
+        fits.append(available.get("GPU", 0) / (workers * r.gpus_per_trial))
+    return max(1, math.floor(min(fits) + 1e-9))
+
+
+def _check_resources(experiment: ExperimentConfig, available: dict[str, float]) -> None:
+    r = experiment.resources
+    workers = max(r.num_workers, 1)
+    if r.gpus_per_trial and available.get("GPU", 0) < r.gpus_per_trial * workers:
+        raise ConfigError(f"resources.gpus_per_trial: {r.gpus_per_trial:g} x {workers} worker(s) needs "
+                          f"{r.gpus_per_trial * workers:g} GPUs; the cluster has {available.get('GPU', 0):g}")
+    if available.get("CPU", 0) < r.cpus_per_trial * workers:
+        raise ConfigError(f"resources.cpus_per_trial: {r.cpus_per_trial:g} x {workers} worker(s) needs more "
+                          f"CPUs than the cluster's {available.get('CPU', 0):g}")
+
+
+def _new_tuner(experiment, paths, trainable, logger, build_searcher):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    search_alg, scheduler, param_space, num_samples = None, None, {}, 1
+    if experiment.search is not None:
+        search_alg = build_searcher(experiment.search, paths["optuna_storage"], experiment.name)
+        num_samples = experiment.search.num_samples
+        if experiment.scheduler.type == "asha":
+            scheduler = ASHAScheduler(time_attr="epoch", max_t=experiment.max_epochs,
+                                      grace_period=experiment.scheduler.grace_period,
+                                      reduction_factor=experiment.scheduler.reduction_factor)
+    else:
+        param_space = {"arm": tune.grid_search(list(experiment.ablation.arms)),
+                       "seed": tune.grid_search(list(experiment.ablation.seeds))}
+    metric = experiment.search.metric if experiment.search else "test/top1"
+    mode = experiment.search.mode if experiment.search else "max"
+    from platform.ray_env import cluster_resources
+    concurrent = experiment.resources.max_concurrent_trials or _slots(experiment, cluster_resources())
+    return tune.Tuner(
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler,
+                                    num_samples=num_samples, max_concurrent_trials=concurrent),
+        run_config=tune.RunConfig(
+            name=experiment.name, storage_path=paths["storage_path"], callbacks=[logger],
+            failure_config=tune.FailureConfig(max_failures=experiment.resources.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1),
+    )
+
+
+def _restore_tuner(paths, trainable, logger):
+    from ray import tune
+    path = os.path.join(paths["storage_path"], os.path.basename(paths["experiment_dir"])) \
+        if "://" not in paths["storage_path"] else paths["storage_path"].rstrip("/") + "/" + os.path.basename(paths["experiment_dir"])
+    if not tune.Tuner.can_restore(path):
+        raise ConfigError(f"--resume: {path} holds no Tune state to resume (was the run started at all?)")
+    print(f"resuming {path}", flush=True)
+    return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+
+
+def _result_rows(results, arms) -> pd.DataFrame:
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        config = result.config or {}
+        rows.append({
+            "trial_id": metrics.get("trial_id"),
+            **({"arm": config.get("arm"), "seed": config.get("seed")} if arms is not None else dict(config)),
+            "epochs": metrics.get("epoch"),
+            "final_top1": metrics.get("test/top1"),
+            "best_top1": metrics.get("test/top1_best"),
+            "error": str(result.error).strip().splitlines()[-1] if result.error else "",
+        })
+    return pd.DataFrame(rows)
+
+
+def _summarise(experiment, paths, rows: pd.DataFrame, tracker, parent) -> str:
+    from platform.ablation import write_table
+
+    experiment_dir = paths["experiment_dir"]
+    rows.to_csv(os.path.join(experiment_dir, "trials.csv"), index=False)
+    tracker.log_artifact(parent, os.path.join(experiment_dir, "trials.csv"))
+    ok = rows[rows.error == ""] if len(rows) else rows
+    lines = ["", f"finished {experiment.name}: {len(ok)} of {len(rows)} trials completed"
+             + (f", {len(rows) - len(ok)} failed" if len(rows) - len(ok) else "")]
+    if experiment.ablation is not None and len(ok):
+        written = write_table(ok.dropna(subset=["best_top1"]), os.path.join(experiment_dir, "results"),
+                              experiment.ablation.reference, experiment.ablation.control)
+        for path in written.values():
+            tracker.log_artifact(parent, path, "ablation")
+        with open(written["ablation.md"], encoding="utf-8") as handle:
+            lines += ["", handle.read()]
+    elif len(ok):
+        best = ok.sort_values("final_top1", ascending=experiment.search.mode == "min").iloc[0]
+        params = {k: v for k, v in best.items() if k not in ("trial_id", "epochs", "final_top1", "best_top1", "error")}
+        lines.append(f"best trial {best.trial_id}: test top-1 {best.final_top1:.2f}% (best epoch "
+                     f"{best.best_top1:.2f}%) after {int(best.epochs)} epochs; {params}")
+    lines += [f"results   {experiment_dir}",
+              f"mlflow    mlflow ui --backend-store-uri {paths['tracking_uri']} --host 127.0.0.1 --port 5000"]
+    return "\n".join(lines)

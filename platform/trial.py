@@ -1,0 +1,104 @@
+"""One Tune trial: the sampled point -> a validated TrainConfig -> `bickd.run.fit`.
+
+Two ways to run the same training function, chosen by `resources.num_workers` in the YAML:
+- 0: inside the Tune trial itself (cheap to start; one device);
+- N: a Ray Train `TorchTrainer` with N DDP workers launched from the trial (the Train-in-Tune pattern
+  Ray 2.60 supports), its metrics forwarded to Tune by `TuneReportCallback`.
+Both checkpoint every epoch and resume from the last checkpoint when Tune restarts the trial.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+from bickd.config import TrainConfig
+from bickd.run import fit
+
+STATE_FILE = "state.pt"
+
+
+def trial_overrides(point: dict[str, Any], arms: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """Search: the sampled dotted paths. Ablation: the arm's overrides plus the seed."""
+    if arms is None:
+        return dict(point)
+    return {**arms[point["arm"]], "seed": point["seed"]}
+
+
+def trial_config(base: TrainConfig, point: dict[str, Any], arms: dict[str, dict[str, Any]] | None) -> TrainConfig:
+    return base.with_overrides(trial_overrides(point, arms))
+
+
+def _report_with(report_fn, checkpoint_cls):
+    """Adapts bickd's `report(metrics, state)` to Ray's `report(metrics, checkpoint=...)`."""
+    def report(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        if state is None:
+            report_fn(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state, os.path.join(folder, STATE_FILE))
+            report_fn(metrics, checkpoint=checkpoint_cls.from_directory(folder))
+    return report
+
+
+def _load_state(checkpoint) -> dict[str, Any] | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+
+
+def run_trial(point: dict[str, Any], *, base: TrainConfig, arms: dict[str, dict[str, Any]] | None,
+              teacher_state: dict[str, torch.Tensor] | None, num_workers: int, cpus_per_worker: float,
+              gpus_per_worker: float, storage_path: str, max_failures: int) -> None:
+    """The Tune trainable (wrapped with `tune.with_parameters` by the driver)."""
+    from ray import tune
+
+    config = trial_config(base, point, arms)
+    if num_workers == 0:
+        if config.runtime.threads is None:
+            torch.set_num_threads(max(1, int(cpus_per_worker)))
+        from ray.tune import Checkpoint
+        fit(config, report=_report_with(tune.report, Checkpoint), resume=_load_state(tune.get_checkpoint()),
+            teacher_state=teacher_state)
+        return
+    _run_torch_trainer(config, teacher_state, num_workers, cpus_per_worker, gpus_per_worker,
+                       storage_path, max_failures)
+
+
+def _run_torch_trainer(config: TrainConfig, teacher_state, num_workers: int, cpus_per_worker: float,
+                       gpus_per_worker: float, storage_path: str, max_failures: int) -> None:
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    context = tune.get_context()
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"config": config.model_dump(mode="json"), "teacher_state": teacher_state},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers, use_gpu=gpus_per_worker > 0,
+            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}),
+        run_config=ray.train.RunConfig(
+            # A stable name per trial: when Tune restarts the trial, Train finds its checkpoints again.
+            name=f"{context.get_experiment_name()}-{context.get_trial_id()}",
+            storage_path=os.path.join(storage_path, "train_runs") if "://" not in storage_path
+            else storage_path.rstrip("/") + "/train_runs",
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=max_failures, controller_failure_limit=0)),
+    )
+    trainer.fit()
+
+
+def _worker_loop(loop_config: dict[str, Any]) -> None:
+    """Runs on every DDP worker; Ray Train has set up the torch.distributed process group."""
+    import ray.train
+    import ray.train.torch
+
+    config = TrainConfig.model_validate(loop_config["config"])
+    fit(config, report=_report_with(ray.train.report, ray.train.Checkpoint),
+        resume=_load_state(ray.train.get_checkpoint()), device=ray.train.torch.get_device(),
+        teacher_state=loop_config["teacher_state"])

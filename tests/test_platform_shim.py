@@ -1,0 +1,50 @@
+"""`platform/` shadows the stdlib module from the repo root; the stdlib API must keep working everywhere."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STDLIB_CALLS = "platform.system(), platform.machine(), platform.python_version(), platform.uname().system"
+
+
+def _run(args, **kwargs):
+    env = {**os.environ, "PYTHONPATH": REPO}
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env, timeout=120, **kwargs)
+
+
+def test_stdlib_api_and_submodules_in_this_process():
+    import platform
+    import platform.experiment  # a submodule of the project
+
+    assert platform.system() == os.uname().sysname
+    assert platform.python_version() == ".".join(map(str, sys.version_info[:3]))
+    assert platform.experiment.ExperimentConfig is not None
+
+
+def test_python_dash_m_entry_point_and_libraries_that_call_platform():
+    code = ("import platform, torch, mlflow, ray; "
+            f"print({STDLIB_CALLS}); import platform.tune; print('tune', platform.tune.main.__name__)")
+    result = _run([sys.executable, "-c", code])
+    assert result.returncode == 0, result.stderr
+    assert "tune main" in result.stdout
+    help_text = _run([sys.executable, "-m", "platform.tune", "--help"])
+    assert help_text.returncode == 0, help_text.stderr
+    assert "--dry-run" in help_text.stdout
+
+
+def test_plain_pytest_imports_stdlib_platform_first():
+    """Plain `pytest` imports the stdlib module before conftest.py: the root conftest grafts the package."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    pytest_bin = os.path.join(os.path.dirname(sys.executable), "pytest")
+    result = subprocess.run([pytest_bin, "-q", "-p", "no:cacheprovider",
+                             "tests/test_platform_shim.py::test_stdlib_api_and_submodules_in_this_process"],
+                            cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+    assert "1 passed" in result.stdout, result.stdout + result.stderr
+
+
+def test_subprocess_started_from_repo_root_keeps_stdlib():
+    result = _run([sys.executable, "-c", f"import platform; print({STDLIB_CALLS})"])
+    assert result.returncode == 0, result.stderr
+    assert "Linux" in result.stdout or "Darwin" in result.stdout
