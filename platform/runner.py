@@ -141,19 +141,19 @@ def _new_tuner(experiment, paths, trainable, logger, build_searcher):
         search_alg = build_searcher(experiment.search, paths["optuna_storage"], experiment.name)
         num_samples = experiment.search.num_samples
         if experiment.scheduler.type == "asha":
-            scheduler = ASHAScheduler(time_attr="epoch", max_t=experiment.max_epochs,
+            scheduler = ASHAScheduler(time_attr="epoch", metric=experiment.search.metric,
+                                      mode=experiment.search.mode, max_t=experiment.max_epochs,
                                       grace_period=experiment.scheduler.grace_period,
                                       reduction_factor=experiment.scheduler.reduction_factor)
     else:
         param_space = {"arm": tune.grid_search(list(experiment.ablation.arms)),
                        "seed": tune.grid_search(list(experiment.ablation.seeds))}
-    metric = experiment.search.metric if experiment.search else "test/top1"
-    mode = experiment.search.mode if experiment.search else "max"
     from platform.ray_env import cluster_resources
     concurrent = experiment.resources.max_concurrent_trials or _slots(experiment, cluster_resources())
     return tune.Tuner(
         trainable, param_space=param_space,
-        tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler,
+        # metric/mode live on the searcher and the scheduler (Tune refuses them in both places).
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler,
                                     num_samples=num_samples, max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(
             name=experiment.name, storage_path=paths["storage_path"], callbacks=[logger],

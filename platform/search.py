@@ -39,20 +39,28 @@ def _suggest(trial: optuna.Trial, name: str, param: SearchParam) -> Any:
     return trial.suggest_float(name, low, high, step=param.step)
 
 
-def define_by_run(search: SearchConfig):
-    """`space(trial)`: only suggests values (OptunaSearch requires that it computes nothing else)."""
-    def space(trial: optuna.Trial) -> None:
+class DefineByRun:
+    """`space(trial)`: only suggests values (OptunaSearch requires that it computes nothing else).
+
+    A class rather than a closure: Tune pickles the searcher into the experiment state for --resume.
+    """
+
+    def __init__(self, search: SearchConfig):
+        self.search = search
+
+    def __call__(self, trial: optuna.Trial) -> None:
         chosen: dict[str, Any] = {}
-        for name, param in search.space.items():
+        for name, param in self.search.space.items():
             if _condition_holds(param, chosen):
                 chosen[name] = _suggest(trial, name, param)
-    return space
 
 
 def build_searcher(search: SearchConfig, storage_url: str, study_name: str) -> OptunaSearch:
     """Optuna search whose study lives in an RDB (SQLite) file, inspectable after the run."""
     return OptunaSearch(
-        space=define_by_run(search),
+        space=DefineByRun(search),
+        metric=search.metric,
+        mode=search.mode,
         points_to_evaluate=[dict(point) for point in search.points_to_evaluate] or None,
         sampler=SAMPLERS[search.sampler](search.seed),
         study_name=study_name,
