@@ -1,0 +1,245 @@
+"""Losses against hand-computed values (plain `math`, not the implementation's helpers), switches,
+gradient flow and numerical safety."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from bickd.losses import LOSSES, BicKDLoss, DISTLoss, DKDLoss, KDLoss, build_loss
+
+ZS = [[1.0, -0.5], [0.2, 0.8]]   # student logits, B=2, C=2
+ZT = [[2.0, -1.0], [-0.3, 1.5]]  # teacher logits
+LABELS = [0, 1]
+
+
+# ---------- reference arithmetic on Python lists ----------
+def softmax(row, T=1.0):
+    m = max(v / T for v in row)
+    e = [math.exp(v / T - m) for v in row]
+    return [v / sum(e) for v in e]
+
+
+def cos(a, b):
+    return sum(x * y for x, y in zip(a, b)) / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
+def dot(a, b):
+    return sum(x * y for x, y in zip(a, b))
+
+
+def columns(m):
+    return [list(c) for c in zip(*m)]
+
+
+def scores(a_rows, b_rows, sim, tau):
+    return [[sim(a, b) / tau for b in b_rows] for a in a_rows]
+
+
+def lse(values):
+    m = max(values)
+    return m + math.log(sum(math.exp(v - m) for v in values))
+
+
+def nce(S, positives, contrast="full", orth=1.0):
+    total = 0.0
+    for i, row in enumerate(S):
+        pos = positives[i]
+        align = -sum(row[p] for p in pos) / len(pos)
+        if contrast == "positive_only":
+            total += align
+        elif contrast == "negative_only":
+            negs = [v for j, v in enumerate(row) if j not in pos]
+            total += lse(negs) if negs else 0.0
+        else:
+            total += align + orth * lse(row)
+    return total / len(S)
+
+
+def transpose(S):
+    return [list(r) for r in zip(*S)]
+
+
+def qs_qt(Tb=4.0):
+    return [softmax(r, Tb) for r in ZS], [softmax(r, Tb) for r in ZT]
+
+
+def kl_ref(T):
+    total = 0.0
+    for s, t in zip(ZS, ZT):
+        ps, pt = softmax(s, T), softmax(t, T)
+        total += sum(q * (math.log(q) - math.log(p)) for p, q in zip(ps, pt))
+    return total / len(ZS) * T * T
+
+
+def ce_ref():
+    return sum(-math.log(softmax(r)[y]) for r, y in zip(ZS, LABELS)) / len(ZS)
+
+
+def run(loss, epoch=100.0):
+    total, parts = loss(torch.tensor(ZS), torch.tensor(ZT), torch.tensor(LABELS), epoch=epoch)
+    return float(total), {k: float(v) for k, v in parts.items()}
+
+
+# ---------- KD ----------
+@pytest.mark.parametrize("T", [1.0, 2.0, 4.0])
+def test_kl_and_ce_match_hand_computation(T):
+    total, parts = run(KDLoss(T=T, w_ce=0.3, w_kl=0.7))
+    assert parts["kl"] == pytest.approx(kl_ref(T), rel=1e-5)
+    assert parts["ce"] == pytest.approx(ce_ref(), rel=1e-5)
+    assert total == pytest.approx(0.3 * ce_ref() + 0.7 * kl_ref(T), rel=1e-5)
+
+
+def test_bickd_without_bilateral_term_is_exactly_kd():
+    torch.manual_seed(0)
+    zs, zt, y = torch.randn(64, 100) * 3, torch.randn(64, 100) * 3, torch.randint(0, 100, (64,))
+    kd, _ = KDLoss(T=3.0, w_ce=0.2, w_kl=1.1)(zs, zt, y)
+    bickd, _ = BicKDLoss(T=3.0, w_ce=0.2, w_kl=1.1, w_bc=0.0, tau=0.05)(zs, zt, y, epoch=50)
+    assert abs(float(kd) - float(bickd)) <= 1e-6
+
+
+def test_total_is_the_weighted_sum_of_its_parts():
+    loss = BicKDLoss(w_ce=0.3, w_kl=0.6, w_bc=2.0, w_row=0.7, w_col=1.3, warmup_epochs=10)
+    total, p = run(loss, epoch=4.0)
+    assert p["ramp"] == pytest.approx(0.4)
+    expected = 0.3 * p["ce"] + 0.6 * p["kl"] + 2.0 * 0.4 * (0.7 * p["row"] + 1.3 * p["col"])
+    assert total == pytest.approx(expected, rel=1e-6)
+
+
+# ---------- the bilateral term, switch by switch ----------
+@pytest.mark.parametrize("sim_name, sim, tau", [("cos", cos, 0.1), ("cos", cos, 0.5), ("dot", dot, 0.02)])
+def test_row_and_column_infonce(sim_name, sim, tau):
+    qs, qt = qs_qt()
+    _, p = run(BicKDLoss(sim=sim_name, tau=tau))
+    assert p["row"] == pytest.approx(nce(scores(qs, qt, sim, tau), [[0], [1]]), rel=1e-5)
+    assert p["col"] == pytest.approx(nce(scores(columns(qs), columns(qt), sim, tau), [[0], [1]]), rel=1e-5)
+
+
+def test_label_positives_use_every_same_class_row():
+    qs, qt = qs_qt()
+    same = [0, 0]  # both samples share a label: each row has two positives
+    total, parts = BicKDLoss(row_positives="label")(torch.tensor(ZS), torch.tensor(ZT), torch.tensor(same), epoch=100)
+    assert float(parts["row"]) == pytest.approx(nce(scores(qs, qt, cos, 0.1), [[0, 1], [0, 1]]), rel=1e-5)
+    _, index = BicKDLoss(row_positives="index")(torch.tensor(ZS), torch.tensor(ZT), torch.tensor(same), epoch=100)
+    assert float(index["row"]) != pytest.approx(float(parts["row"]))
+
+
+@pytest.mark.parametrize("orth", [0.0, 0.5, 1.0, 3.0])
+def test_orthogonality_weighs_the_repulsion(orth):
+    qs, qt = qs_qt()
+    _, p = run(BicKDLoss(orthogonality=orth))
+    assert p["row"] == pytest.approx(nce(scores(qs, qt, cos, 0.1), [[0], [1]], orth=orth), rel=1e-5, abs=1e-6)
+    assert p["col"] == pytest.approx(nce(scores(columns(qs), columns(qt), cos, 0.1), [[0], [1]], orth=orth),
+                                     rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("contrast", ["positive_only", "negative_only"])
+def test_contrast_keeps_one_part(contrast):
+    qs, qt = qs_qt()
+    _, p = run(BicKDLoss(contrast=contrast))
+    assert p["row"] == pytest.approx(nce(scores(qs, qt, cos, 0.1), [[0], [1]], contrast), rel=1e-5)
+    assert p["col"] == pytest.approx(nce(scores(columns(qs), columns(qt), cos, 0.1), [[0], [1]], contrast), rel=1e-5)
+
+
+def test_symmetric_averages_the_teacher_anchored_direction():
+    qs, qt = qs_qt()
+    S = scores(qs, qt, cos, 0.1)
+    K = scores(columns(qs), columns(qt), cos, 0.1)
+    _, p = run(BicKDLoss(symmetric=True))
+    assert p["row"] == pytest.approx(0.5 * (nce(S, [[0], [1]]) + nce(transpose(S), [[0], [1]])), rel=1e-5)
+    assert p["col"] == pytest.approx(0.5 * (nce(K, [[0], [1]]) + nce(transpose(K), [[0], [1]])), rel=1e-5)
+
+
+def test_tb_sets_the_bilateral_temperature_only():
+    qs, qt = qs_qt(Tb=2.0)
+    _, p = run(BicKDLoss(T=4.0, Tb=2.0))
+    assert p["row"] == pytest.approx(nce(scores(qs, qt, cos, 0.1), [[0], [1]]), rel=1e-5)
+    assert p["kl"] == pytest.approx(kl_ref(4.0), rel=1e-5)
+
+
+@pytest.mark.parametrize("warmup, epoch, ramp", [(20, 0.0, 0.0), (20, 10.0, 0.5), (20, 20.0, 1.0), (20, 35.0, 1.0),
+                                                 (0, 0.0, 1.0)])
+def test_warmup_ramp(warmup, epoch, ramp):
+    loss = BicKDLoss(warmup_epochs=warmup)
+    total, p = run(loss, epoch=epoch)
+    assert p["ramp"] == pytest.approx(ramp)
+    assert total == pytest.approx(0.1 * p["ce"] + 0.9 * p["kl"] + ramp * (p["row"] + p["col"]), rel=1e-6)
+
+
+def test_switching_a_side_off_removes_it_from_the_total():
+    _, both = run(BicKDLoss())
+    rows_only, _ = run(BicKDLoss(w_col=0.0))
+    cols_only, _ = run(BicKDLoss(w_row=0.0))
+    base = 0.1 * both["ce"] + 0.9 * both["kl"]
+    assert rows_only == pytest.approx(base + both["row"], rel=1e-6)
+    assert cols_only == pytest.approx(base + both["col"], rel=1e-6)
+
+
+# ---------- gradients and numerics ----------
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_gradients_reach_only_the_student(name):
+    zs = torch.randn(8, 5, requires_grad=True)
+    zt = torch.randn(8, 5, requires_grad=True)
+    total, _ = build_loss({"name": name})(zs, zt, torch.randint(0, 5, (8,)), epoch=30)
+    total.backward()
+    assert zs.grad is not None and zs.grad.abs().sum() > 0
+    assert zt.grad is None
+
+
+CASES = {
+    "extreme": (torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 5.0]]), torch.tensor([[-1e4, 1e4, 0.0], [1e4, 0.0, -1e4]]),
+                torch.tensor([0, 1])),
+    "single sample, two classes": (torch.tensor([[3.0, -2.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([1])),
+    "all equal": (torch.zeros(4, 3), torch.zeros(4, 3), torch.tensor([0, 1, 2, 0])),
+    "lone label": (torch.randn(5, 4) * 50, torch.randn(5, 4) * 50, torch.tensor([0, 1, 1, 2, 3])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("params", [{"name": "bickd"}, {"name": "bickd", "sim": "dot", "symmetric": True,
+                                                        "row_positives": "label", "contrast": "negative_only"},
+                                    {"name": "kd"}, {"name": "dkd"}, {"name": "dist"}])
+def test_finite_loss_and_gradients(case, dtype, params):
+    zs, zt, y = CASES[case]
+    student = zs.detach().clone().to(dtype).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        total, parts = build_loss(params)(student, zt.to(dtype), y, epoch=30)
+    total.backward()
+    assert torch.isfinite(total), (case, dtype, params, parts)
+    assert all(torch.isfinite(v) for v in parts.values())
+    assert torch.isfinite(student.grad).all()
+
+
+# ---------- baselines ----------
+def test_dkd_and_dist_vanish_when_student_equals_teacher():
+    z = torch.tensor(ZT)
+    y = torch.tensor(LABELS)
+    _, dkd = DKDLoss()(z.clone(), z, y, epoch=30)
+    _, dist = DISTLoss()(z.clone(), z, y)
+    assert float(dkd["tckd"]) == pytest.approx(0.0, abs=1e-6) and float(dkd["nckd"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(dist["inter"]) == pytest.approx(0.0, abs=1e-5) and float(dist["intra"]) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_dkd_parts_match_hand_computation():
+    T = 4.0
+    total, p = run(DKDLoss(T=T, warmup_epochs=0))
+    tckd = nckd = 0.0
+    for s, t, y in zip(ZS, ZT, LABELS):
+        ps, pt = softmax(s, T), softmax(t, T)
+        bs, bt = [ps[y], 1 - ps[y]], [pt[y], 1 - pt[y]]
+        tckd += sum(q * math.log(q / r) for r, q in zip(bs, bt))
+        # with two classes the non-target distribution is a single certain class: NCKD = 0
+    assert p["tckd"] == pytest.approx(tckd / 2 * T * T, rel=1e-5)
+    assert p["nckd"] == pytest.approx(nckd, abs=1e-6)
+
+
+# ---------- validation ----------
+@pytest.mark.parametrize("cls, bad, field", [(BicKDLoss, {"tau": -1}, "tau"), (BicKDLoss, {"T": 0}, "T"),
+                                             (BicKDLoss, {"sim": "l2"}, "sim"), (BicKDLoss, {"tua": 0.1}, "tua"),
+                                             (KDLoss, {"w_kl": -0.5}, "w_kl"), (DKDLoss, {"beta": -1}, "beta")])
+def test_bad_parameters_are_refused_by_name(cls, bad, field):
+    with pytest.raises(ValidationError, match=field):
+        cls(**bad)
