@@ -6,6 +6,7 @@ set up. Nothing here knows Ray.
 """
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from typing import Any
@@ -105,7 +106,9 @@ def fit(cfg: TrainConfig, report: Report = print_report, resume: dict[str, Any] 
             metrics.update({f"test/{k}": v for k, v in test.items()}, **{"test/top1_best": best})
         state = None
         if rank == 0 and (last or (epoch + 1) % checkpoint_every == 0):
-            state = {"student": student.state_dict(), "optimizer": optimizer.state_dict(),
+            # A snapshot on the CPU: training goes on mutating the live tensors after report() returns.
+            state = {"student": {k: v.detach().to("cpu", copy=True) for k, v in student.state_dict().items()},
+                     "optimizer": copy.deepcopy(optimizer.state_dict()),
                      "epoch": epoch, "best_top1": best, "model": cfg.student.model}
         report(metrics, state)
     return metrics
