@@ -7,11 +7,15 @@ from collections.abc import Callable
 
 from torch import nn
 
-from bickd.models import imagenet, resnet_cifar
+from bickd.models import imagenet, mobilenetv2, resnet_cifar, resnet_v2, shufflenet, vgg, wrn
 from bickd.models.checkpoint import CheckpointError, load_checkpoint, read_state_dict, save_checkpoint
 
 _BUILDERS: dict[str, Callable[[str, int], nn.Module]] = {}
 _BUILDERS.update({name: resnet_cifar.build for name in resnet_cifar.RESNETS})
+_BUILDERS.update({name: wrn.build for name in wrn.WRNS})
+_BUILDERS.update({name: vgg.build for name in vgg.VGGS})
+_BUILDERS.update({"MobileNetV2": mobilenetv2.build, "ShuffleV1": shufflenet.build, "ShuffleV2": shufflenet.build,
+                  "ResNet50": resnet_v2.build})
 CIFAR_MODELS = tuple(_BUILDERS)
 _BUILDERS.update({name: imagenet.build for name in imagenet.RESNETS})
 IMAGENET_MODELS = imagenet.RESNETS
