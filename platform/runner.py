@@ -6,6 +6,7 @@ import os
 import shutil
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -30,23 +31,25 @@ def run_experiment(experiment: ExperimentConfig, paths: dict[str, str], address:
     preflight.check_tracking(paths["tracking_uri"])
     num_classes = preflight.check_data(experiment)
     preflight.check_teacher_checkpoint(experiment, num_classes)
+    from platform.ray_env import cluster_resources, init_ray
+    init_ray(address, num_cpus=num_cpus)  # Ray's own session files live outside the experiment folder
+    _check_resources(experiment, cluster_resources())
 
     # Everything below may create files: all checks have passed.
     created = not os.path.exists(experiment_dir)
     os.makedirs(experiment_dir, exist_ok=True)
     try:
-        return _run(experiment, paths, num_classes, address, num_cpus, resume, write_report)
+        return _run(experiment, paths, num_classes, resume, write_report)
     except BaseException:
         if created and not os.path.exists(os.path.join(experiment_dir, STATE_FILE)):
             shutil.rmtree(experiment_dir, ignore_errors=True)  # nothing half-written from a failed start
         raise
 
 
-def _run(experiment: ExperimentConfig, paths: dict[str, str], num_classes: int, address: str | None,
-         num_cpus: float | None, resume: bool, write_report: bool) -> int:
+def _run(experiment: ExperimentConfig, paths: dict[str, str], num_classes: int, resume: bool,
+         write_report: bool) -> int:
     from ray import tune
 
-    from platform.ray_env import cluster_resources, init_ray
     from platform.search import build_searcher
     from platform.teacher import prepare_teacher
     from platform.tracking import TrialLogger, Tracker, flatten
@@ -56,8 +59,6 @@ def _run(experiment: ExperimentConfig, paths: dict[str, str], num_classes: int, 
     with open(os.path.join(experiment_dir, "experiment.yaml"), "w", encoding="utf-8") as handle:
         yaml.safe_dump(experiment.model_dump(mode="json"), handle, sort_keys=False)
 
-    init_ray(address, num_cpus=num_cpus)
-    _check_resources(experiment, cluster_resources())
     tracker = Tracker(paths["tracking_uri"], experiment.tracking.experiment_name or experiment.name, experiment_dir)
     parent = tracker.parent_run(experiment.name, experiment.model_dump(mode="json"),
                                 {"mode": experiment.mode, "experiment": experiment.name})
@@ -79,9 +80,17 @@ def _run(experiment: ExperimentConfig, paths: dict[str, str], num_classes: int, 
             return name, {**flatten(config.train_dict()), **({"arm": point["arm"]} if arms else {})}
 
         logger = TrialLogger(tracker, parent, describe, experiment.max_epochs, {"experiment": experiment.name})
-        tuner = _restore_tuner(paths, trainable, logger) if resume else _new_tuner(
+        # On --resume Tune restores the experiment's own pickled callbacks (a TrialLogger like this one).
+        tuner = _restore_tuner(paths, trainable) if resume else _new_tuner(
             experiment, paths, trainable, logger, build_searcher)
         results = tuner.fit()
+        if _interrupted(results, _planned_trials(experiment)):
+            # Tune catches Ctrl+C itself, saves its state and returns normally: say so, do not summarise.
+            tracker.finish_open_trial_runs("KILLED")
+            tracker.finish(parent, "KILLED")
+            print(f"\ninterrupted: the state is saved; continue with\n  python -m platform.tune <yaml> --resume",
+                  flush=True)
+            return 130
         rows = _result_rows(results, arms)
         summary = _summarise(experiment, paths, rows, tracker, parent)
         if write_report:
@@ -99,8 +108,21 @@ def _run(experiment: ExperimentConfig, paths: dict[str, str], num_classes: int, 
         raise
 
 
+def _planned_trials(experiment: ExperimentConfig) -> int:
+    if experiment.search is not None:
+        return experiment.search.num_samples
+    return len(experiment.ablation.arms) * len(experiment.ablation.seeds)
+
+
+def _interrupted(results, planned: int) -> bool:
+    """True when Tune returned before every planned trial reached a final state (e.g. after SIGINT)."""
+    trials = results._experiment_analysis.trials  # ResultGrid exposes no trial status of its own
+    done = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+    return len(done) < planned
+
+
 def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    return f"{value:.3g}" if isinstance(value, (float, np.floating)) else str(value)
 
 
 def _trial_resources(experiment: ExperimentConfig) -> dict[str, float]:
@@ -162,7 +184,7 @@ def _new_tuner(experiment, paths, trainable, logger, build_searcher):
     )
 
 
-def _restore_tuner(paths, trainable, logger):
+def _restore_tuner(paths, trainable):
     from ray import tune
     path = os.path.join(paths["storage_path"], os.path.basename(paths["experiment_dir"])) \
         if "://" not in paths["storage_path"] else paths["storage_path"].rstrip("/") + "/" + os.path.basename(paths["experiment_dir"])
@@ -206,7 +228,7 @@ def _summarise(experiment, paths, rows: pd.DataFrame, tracker, parent) -> str:
             lines += ["", handle.read()]
     elif len(ok):
         best = ok.sort_values("final_top1", ascending=experiment.search.mode == "min").iloc[0]
-        params = {k: v for k, v in best.items() if k not in ("trial_id", "epochs", "final_top1", "best_top1", "error")}
+        params = {k: _short(v) for k, v in best.items() if k not in ("trial_id", "epochs", "final_top1", "best_top1", "error")}
         lines.append(f"best trial {best.trial_id}: test top-1 {best.final_top1:.2f}% (best epoch "
                      f"{best.best_top1:.2f}%) after {int(best.epochs)} epochs; {params}")
     lines += [f"results   {experiment_dir}",

@@ -89,6 +89,13 @@ class Tracker:
             self.client.update_run(run_id, status="RUNNING")
         return run_id
 
+    def finish_open_trial_runs(self, status: str) -> None:
+        """Marks this experiment's trial runs still RUNNING (an interrupted experiment) with `status`."""
+        query = (f"tags.`{TAG_EXPERIMENT_DIR}` = '{self.experiment_dir}' and tags.`{TAG_KIND}` = 'trial' "
+                 "and attributes.status = 'RUNNING'")
+        for run in self.client.search_runs([self.experiment_id], filter_string=query, max_results=5000):
+            self.finish(run.info.run_id, status)
+
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch

@@ -25,9 +25,16 @@ from platform.experiment import ExperimentConfig, default_paths, load_experiment
 EXIT_CONFIG = 2
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """Bad flags end in one line and exit code 2, like every other bad input here."""
+
+    def error(self, message: str):
+        self.exit(EXIT_CONFIG, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m platform.tune", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrors(prog="python -m platform.tune", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="experiment YAML (see search_spaces/ and docs/experiment-yaml.md)")
     parser.add_argument("--dry-run", action="store_true", help="validate, print the plan, create nothing")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted experiment of this name")
@@ -93,6 +100,8 @@ def plan_lines(experiment: ExperimentConfig, paths: dict[str, str]) -> list[str]
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.num_samples is not None and args.num_samples < 1:
+            raise ConfigError(f"--num-samples: must be >= 1 (got {args.num_samples})")
         experiment = load_experiment(args.config, cli_overrides(args))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
