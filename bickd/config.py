@@ -37,6 +37,8 @@ class TeacherConfig(StrictModel):
         None, description="trained teacher weights ({'model': state_dict}); unset = train it first")
     recipe: RecipeConfig | None = Field(
         None, description="recipe to train the teacher with when no checkpoint is given (default: the student's)")
+    data: DataConfig | None = Field(
+        None, description="data to train the teacher on (default: the student's), e.g. all labels of a low-shot set")
 
     @field_validator("model")
     @classmethod
@@ -118,7 +120,7 @@ class TrainConfig(StrictModel):
         """The run that trains the teacher: same data and runtime, the teacher as student, plain CE."""
         assert self.teacher is not None
         return TrainConfig(
-            data=self.data, teacher=None, student=StudentConfig(model=self.teacher.model),
+            data=self.teacher.data or self.data, teacher=None, student=StudentConfig(model=self.teacher.model),
             recipe=self.teacher.recipe or self.recipe, loss={"name": "ce"}, seed=self.seed, runtime=self.runtime)
 
 
