@@ -166,6 +166,14 @@ class TrialLogger(Callback):
         self.tracker.log_metrics(run_id, metrics_of(result), step)
         self.logged_up_to[trial.trial_id] = step
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A failed trial that Tune restarts from its last checkpoint (FailureConfig.max_failures)."""
+        run_id = self._run_for(trial)
+        error = trial.get_error()
+        reason = str(error).strip().splitlines()[-1][:500] if error else "unknown"
+        self.tracker.client.set_tag(run_id, "restarts", str(trial.num_failures))
+        self.tracker.client.set_tag(run_id, "last_failure", reason)
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run_for(trial)
         result = self.last_result.get(trial.trial_id) or trial.last_result or {}
