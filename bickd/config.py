@@ -86,6 +86,19 @@ class RuntimeConfig(StrictModel):
     eval_every: int = Field(1, ge=1, description="evaluate on the test set every N epochs (and at the end)")
 
 
+class TeacherCacheConfig(StrictModel):
+    """Teacher logits computed once for a fixed set of augmented views, read by every trial (FKD-style).
+
+    With the cache on, augmented views come from (`seed`, epoch mod `epochs`, sample index) instead of the
+    run's seed: trials still differ in initialisation and data order, and they all train on views whose
+    teacher logits are stored.
+    """
+    enabled: bool = False
+    epochs: int = Field(8, ge=1, description="distinct augmentation epochs stored, cycled over training")
+    seed: int = Field(0, ge=0, description="seed of the stored augmented views")
+    path: str | None = Field(None, description="cache folder (set by the platform or bickd.train)")
+
+
 class TrainConfig(StrictModel):
     data: DataConfig
     teacher: TeacherConfig | None = None
@@ -94,6 +107,7 @@ class TrainConfig(StrictModel):
     loss: LossParams = Field(default_factory=lambda: {"name": "bickd"})
     seed: int = Field(0, ge=0, description="seed of initialisation, shuffling and augmentation")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    teacher_cache: TeacherCacheConfig = Field(default_factory=TeacherCacheConfig)
 
     @model_validator(mode="after")
     def _teacher_when_needed(self) -> TrainConfig:
@@ -121,7 +135,8 @@ class TrainConfig(StrictModel):
         assert self.teacher is not None
         return TrainConfig(
             data=self.teacher.data or self.data, teacher=None, student=StudentConfig(model=self.teacher.model),
-            recipe=self.teacher.recipe or self.recipe, loss={"name": "ce"}, seed=self.seed, runtime=self.runtime)
+            recipe=self.teacher.recipe or self.recipe, loss={"name": "ce"}, seed=self.seed, runtime=self.runtime,
+            teacher_cache=TeacherCacheConfig())
 
 
 def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:

@@ -11,17 +11,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from bickd import engine
 from bickd.config import TrainConfig
-from bickd.data import load_dataset, make_batches
+from bickd.data import ImageData, augment_batch, load_dataset, make_batches
 from bickd.losses import build_loss
 from bickd.models import create_model, load_checkpoint
 from bickd.optim import build_optimizer, set_lr
 from bickd.runtime import apply_threads, autocast, resolve_device, seed_everything
+from bickd.teacher_cache import TeacherLogitCache, cache_key, write_cache
 
 Metrics = dict[str, float]
 Report = Callable[[Metrics, "dict[str, Any] | None"], None]
@@ -70,15 +72,22 @@ def fit(cfg: TrainConfig, report: Report = print_report, resume: dict[str, Any] 
 
     data = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download,
                         image_size=cfg.data.image_size, seed=cfg.data.seed, **cfg.data.options)
+    cache = cfg.teacher_cache
     batches = make_batches(data, cfg.recipe.batch_size, device, seed=cfg.seed, rank=rank,
-                           world_size=world_size, channels_last=cfg.runtime.channels_last)
+                           world_size=world_size, channels_last=cfg.runtime.channels_last,
+                           view_seed=cache.seed if cache.enabled else None,
+                           view_epochs=cache.epochs if cache.enabled else None)
     student = create_model(cfg.student.model, batches.num_classes).to(device, memory_format=memory_format)
     loss_fn = build_loss(cfg.loss)
     if not loss_fn.needs_teacher:
         teacher_fn = None
     elif teacher_fn is None:
         teacher = build_teacher(cfg, batches.num_classes, device, teacher_state).to(memory_format=memory_format)
-        teacher_fn = engine.live_teacher(teacher, amp)
+        if cache.enabled:
+            teacher_fn = open_teacher_cache(cfg, teacher.state_dict()).teacher_fn(device)
+            del teacher  # the cache replaces it: no teacher forward in the training step
+        else:
+            teacher_fn = engine.live_teacher(teacher, amp)
     optimizer = build_optimizer(student, cfg.recipe)
 
     start_epoch, best = 0, 0.0
@@ -112,6 +121,39 @@ def fit(cfg: TrainConfig, report: Report = print_report, resume: dict[str, Any] 
                      "epoch": epoch, "best_top1": best, "model": cfg.student.model}
         report(metrics, state)
     return metrics
+
+
+def open_teacher_cache(cfg: TrainConfig, teacher_state: dict[str, torch.Tensor]) -> TeacherLogitCache:
+    if cfg.teacher_cache.path is None:
+        raise ValueError("teacher_cache.enabled but teacher_cache.path is not set: build the cache first "
+                         "(the platform and python -m bickd.train do it before training)")
+    return TeacherLogitCache(cfg.teacher_cache.path, cache_key(cfg, teacher_state))
+
+
+def build_teacher_cache(cfg: TrainConfig, teacher_state: dict[str, torch.Tensor], folder: str,
+                        device: torch.device | str | None = None, chunk: int = 512) -> str:
+    """Runs the teacher once over `teacher_cache.epochs` augmented epochs of the training set."""
+    device = resolve_device(cfg.runtime, device)
+    data = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download,
+                        image_size=cfg.data.image_size, seed=cfg.data.seed, **cfg.data.options)
+    if not isinstance(data, ImageData):
+        raise ValueError("a teacher-logit cache needs an in-memory data set (not folder data such as imagenet)")
+    teacher = build_teacher(cfg, data.num_classes, device, teacher_state).eval()
+    memory_format = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
+    images = data.train_images.to(device)
+    teacher_state = {k: v.cpu() for k, v in teacher.state_dict().items()}
+
+    def epochs():
+        for epoch in range(cfg.teacher_cache.epochs):
+            out = np.empty((len(images), data.num_classes), dtype=np.float32)
+            for start in range(0, len(images), chunk):
+                idx = torch.arange(start, min(start + chunk, len(images)), device=device)
+                views = augment_batch(images[idx], idx, epoch, cfg.teacher_cache.seed, data.augment,
+                                      data.mean, data.std).contiguous(memory_format=memory_format)
+                with torch.no_grad(), autocast(cfg.runtime, device):
+                    out[start:start + len(idx)] = teacher(views).float().cpu().numpy()
+            yield out
+    return write_cache(folder, cache_key(cfg, teacher_state), epochs())
 
 
 def evaluate_weights(cfg: TrainConfig, model_name: str, state: dict[str, torch.Tensor],

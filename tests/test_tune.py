@@ -39,7 +39,7 @@ def test_search_with_asha_stops_some_trials_and_logs_everything(ray_local, write
                                         "loss.orthogonality": 1.0}]},
         scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3},
         resources={"cpus_per_trial": 1, "max_concurrent_trials": 2, "max_failures": 0})
-    assert tune_cli.main([path, "--no-report"]) == 0
+    assert tune_cli.main([path]) == 0
     experiment_dir = str(tmp_path / "experiments" / "search")
 
     client, parents = _runs(experiment_dir, "search", "experiment")
@@ -62,6 +62,27 @@ def test_search_with_asha_stops_some_trials_and_logs_everything(ray_local, write
     for trial in study.trials:
         assert ("loss.orthogonality" in trial.params) == (trial.params["loss.contrast"] == "full")
 
+    # The report: names the trial MLflow ranks first, has Optuna's views and learning curves as real PNGs.
+    report = (tmp_path / "experiments" / "search" / "report" / "report.md").read_text()
+    best = max(trials, key=lambda run: run.data.metrics["final/top1"])
+    table = report.split("## Best trials")[1]
+    first_row = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1]
+    assert first_row.split("|")[1].strip() == best.info.run_name
+    for name in ("optuna_history.png", "optuna_slice.png", "optuna_importances.png", "curves.png"):
+        _assert_png(tmp_path / "experiments" / "search" / "report" / name)
+    assert "not comparable" in report  # digits are not CIFAR-100
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
+    assert "report/report.md" in artifacts and "report/curves.png" in artifacts
+
+
+def _assert_png(path) -> None:
+    from PIL import Image
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, path
+    with Image.open(path) as image:
+        image.verify()
+
 
 def test_ablation_produces_the_table(ray_local, write_experiment, tmp_path):
     path = write_experiment(
@@ -69,7 +90,7 @@ def test_ablation_produces_the_table(ray_local, write_experiment, tmp_path):
         ablation={"seeds": [0, 1], "reference": "full", "control": "kd_only",
                   "arms": {"full": {}, "kd_only": {"loss.w_bc": 0.0}}},
         resources={"cpus_per_trial": 1, "max_concurrent_trials": 2, "max_failures": 0})
-    assert tune_cli.main([path, "--no-report"]) == 0
+    assert tune_cli.main([path]) == 0
     experiment_dir = tmp_path / "experiments" / "ablation"
     table = pd.read_csv(experiment_dir / "results" / "ablation.csv")
     assert list(table.arm) == ["full", "kd_only"] and list(table.seeds) == [2, 2]
@@ -84,6 +105,16 @@ def test_ablation_produces_the_table(ray_local, write_experiment, tmp_path):
     assert full.delta_vs_control == pytest.approx(full.best_mean - kd.best_mean)
     markdown = (experiment_dir / "results" / "ablation.md").read_text()
     assert "kd_only" in markdown and "±" in markdown
+
+    # The report's ablation section is recomputed from MLflow and agrees with the table; it regenerates.
+    report = (experiment_dir / "report" / "report.md").read_text()
+    for row in table.itertuples():
+        assert f"{row.best_mean:.2f} ± {row.best_std:.2f}" in report.split("## Ablation")[1]
+    _assert_png(experiment_dir / "report" / "ablation.png")
+    (experiment_dir / "report" / "report.md").unlink()
+    from platform import report as report_cli
+    assert report_cli.main([str(experiment_dir)]) == 0
+    assert (experiment_dir / "report" / "report.md").read_text() == report
 
 
 def test_torch_trainer_trial_with_two_gloo_workers(ray_local, write_experiment, tmp_path):

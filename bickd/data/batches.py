@@ -21,8 +21,13 @@ def epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
 
 class TensorBatches:
     def __init__(self, data: ImageData, batch_size: int, device: torch.device, seed: int, rank: int = 0,
-                 world_size: int = 1, channels_last: bool = False, drop_last: bool = True):
+                 world_size: int = 1, channels_last: bool = False, drop_last: bool = True,
+                 view_seed: int | None = None, view_epochs: int | None = None):
         self.data, self.batch_size, self.device, self.seed = data, batch_size, torch.device(device), seed
+        # Augmented views: by default a function of the run's seed and epoch; with a teacher-logit cache,
+        # of the cache's seed and epoch mod its length, so every view has stored teacher logits.
+        self.view_seed = seed if view_seed is None else view_seed
+        self.view_epochs = view_epochs
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # Moved once: every per-batch operation below runs where the model runs.
@@ -40,6 +45,9 @@ class TensorBatches:
             raise ValueError(f"batch_size {batch_size} x {world_size} worker(s) exceeds the "
                              f"{len(data.train_labels)} training images")
 
+    def view_epoch(self, epoch: int) -> int:
+        return epoch if self.view_epochs is None else epoch % self.view_epochs
+
     def shard(self, epoch: int) -> torch.Tensor:
         """This rank's sample indices for `epoch`, in training order."""
         order = epoch_permutation(len(self.data.train_labels), self.seed, epoch)
@@ -50,8 +58,8 @@ class TensorBatches:
         order = self.shard(epoch).to(self.device)
         for step in range(self.steps_per_epoch):
             idx = order[step * self.batch_size:(step + 1) * self.batch_size]
-            images = augment_batch(self.train_images[idx], idx, epoch, self.seed, self.data.augment,
-                                   self.data.mean, self.data.std)
+            images = augment_batch(self.train_images[idx], idx, self.view_epoch(epoch), self.view_seed,
+                                   self.data.augment, self.data.mean, self.data.std)
             yield images.contiguous(memory_format=self.memory_format), self.train_labels[idx], idx
 
     def test(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -108,8 +116,12 @@ class FolderBatches:
 
 def make_batches(data: ImageData | FolderData, batch_size: int, device: torch.device | str, seed: int,
                  rank: int = 0, world_size: int = 1, channels_last: bool = False, drop_last: bool = True,
-                 num_workers: int = 4) -> TensorBatches | FolderBatches:
+                 num_workers: int = 4, view_seed: int | None = None,
+                 view_epochs: int | None = None) -> TensorBatches | FolderBatches:
     if isinstance(data, ImageData):
-        return TensorBatches(data, batch_size, torch.device(device), seed, rank, world_size, channels_last, drop_last)
+        return TensorBatches(data, batch_size, torch.device(device), seed, rank, world_size, channels_last,
+                             drop_last, view_seed, view_epochs)
+    if view_epochs is not None:
+        raise ValueError("a teacher-logit cache needs an in-memory data set (not folder data such as imagenet)")
     return FolderBatches(data, batch_size, torch.device(device), seed, rank, world_size, channels_last,
                          drop_last, num_workers)
