@@ -51,7 +51,7 @@ def _run(experiment: ExperimentConfig, paths: dict[str, str], num_classes: int, 
     from ray import tune
 
     from platform.search import build_searcher
-    from platform.teacher import prepare_teacher
+    from platform.teacher import prepare_teacher, prepare_teacher_cache
     from platform.tracking import TrialLogger, Tracker, flatten
     from platform.trial import run_trial, trial_config
 
@@ -64,7 +64,7 @@ def _run(experiment: ExperimentConfig, paths: dict[str, str], num_classes: int, 
                                 {"mode": experiment.mode, "experiment": experiment.name})
     try:
         teacher_state = prepare_teacher(experiment, paths["teacher_checkpoint"], num_classes, tracker, parent)
-        base = experiment.base_train_config()
+        base = prepare_teacher_cache(experiment, experiment.base_train_config(), teacher_state, experiment_dir)
         arms = experiment.ablation.arms if experiment.ablation is not None else None
         resources = experiment.resources
         trainable = tune.with_parameters(

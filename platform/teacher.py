@@ -67,3 +67,27 @@ def prepare_teacher(experiment: ExperimentConfig, checkpoint_path: str, num_clas
     print(f"[teacher] {experiment.teacher.model} from {source}: test top-1 {metrics['top1']:.2f}%", flush=True)
     return state
 
+
+
+@ray.remote
+def _build_cache(config_json: dict[str, Any], state: dict[str, torch.Tensor], folder: str) -> str:
+    from bickd.config import TrainConfig
+    from bickd.run import build_teacher_cache
+    return build_teacher_cache(TrainConfig.model_validate(config_json), state, folder)
+
+
+def prepare_teacher_cache(experiment: ExperimentConfig, base, state: dict[str, torch.Tensor] | None,
+                          experiment_dir: str):
+    """Builds the experiment's teacher-logit cache once (if enabled) and points the trials' config at it.
+
+    The cache lives in the experiment folder: on several nodes that folder must be on a shared file system.
+    """
+    if not base.teacher_cache.enabled or state is None or base.loss.name == "ce":
+        return base
+    from bickd.teacher_cache import cache_key, state_hash
+    key = cache_key(base, state)
+    folder = os.path.join(experiment_dir, "teacher_cache", state_hash(state)[:12] + f"-s{key['view_seed']}-e{key['view_epochs']}")
+    if not os.path.isdir(folder):
+        print(f"[teacher] caching logits for {base.teacher_cache.epochs} augmented epochs", flush=True)
+        ray.get(_build_cache.options(**_remote_options(experiment)).remote(base.model_dump(mode="json"), state, folder))
+    return base.with_overrides({"teacher_cache.path": folder})

@@ -1,0 +1,243 @@
+"""Training-step throughput of a KD trial, side by side in one run (issue: performance).
+
+    python -m benchmarks.throughput            # resnet32x4 -> resnet8x4, batch 64 (a few minutes on 2 CPUs)
+    python -m benchmarks.throughput --quick    # fewer steps, under two minutes
+
+Arms, each in its own process (so peak memory is per arm), all fp32 + channels_last at the same batch:
+  (a) reference: the mdistiller way - PIL transforms per sample in a DataLoader, teacher forward every batch
+  (b) ours, live teacher: data in memory as uint8, crop/flip vectorised per batch on the device
+  (c) ours, cached teacher: (b) with the teacher's logits read from the Arrow cache instead of computed
+  (d) bound: a bare student forward+backward+SGD step on a tensor already in memory
+Also: the BicKD loss's cost over KD's as a share of an (c) step, and the share of a 4-trial local sweep's
+wall time spent outside training steps. The last line is machine-readable for tracking over time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as stdlib_platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_IMAGES, NUM_CLASSES = 2048, 100
+
+
+def _data():
+    import torch
+
+    from bickd.data import AugmentSpec, ImageData
+    from bickd.data.cifar import MEAN, STD
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (NUM_IMAGES, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, NUM_CLASSES, (NUM_IMAGES,), generator=generator)
+    return ImageData(images, labels, images[:256], labels[:256], NUM_CLASSES, MEAN, STD, AugmentSpec(4, True),
+                     tuple(map(str, range(NUM_CLASSES))), "synthetic-cifar")
+
+
+def _models(teacher_name: str, student_name: str):
+    import torch
+
+    from bickd.models import create_model
+    torch.manual_seed(0)
+    teacher = create_model(teacher_name, NUM_CLASSES).to(memory_format=torch.channels_last).eval()
+    student = create_model(student_name, NUM_CLASSES).to(memory_format=torch.channels_last).train()
+    return teacher, student
+
+
+def _timed_steps(step, batches, warmup: int, steps: int) -> float:
+    """Seconds per step over `steps` steps after `warmup` steps."""
+    iterator = iter(batches)
+    for _ in range(warmup):
+        step(*next(iterator))
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(*next(iterator))
+    return (time.perf_counter() - start) / steps
+
+
+def run_arm(arm: str, teacher_name: str, student_name: str, warmup: int, steps: int, batch: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from bickd.config import TrainConfig
+    from bickd.data import make_batches
+    from bickd.losses import BicKDLoss, KDLoss
+    from bickd.teacher_cache import TeacherLogitCache, write_cache
+
+    data = _data()
+    teacher, student = _models(teacher_name, student_name)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    loss_fn = KDLoss()
+
+    def kd_step(images, labels, teacher_logits):
+        total, _ = loss_fn(student(images), teacher_logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+
+    result = {"arm": arm}
+    if arm == "reference":
+        from PIL import Image
+        from torchvision import transforms
+
+        class PilCifar(torch.utils.data.Dataset):  # what torchvision's CIFAR100 + mdistiller's transforms do
+            transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                            transforms.ToTensor(), transforms.Normalize(data.mean, data.std)])
+
+            def __len__(self):
+                return NUM_IMAGES
+
+            def __getitem__(self, i):
+                image = Image.fromarray(data.train_images[i].permute(1, 2, 0).numpy())
+                return self.transform(image), int(data.train_labels[i])
+
+        def loader():
+            while True:
+                yield from torch.utils.data.DataLoader(PilCifar(), batch_size=batch, shuffle=True, drop_last=True)
+
+        def step(images, labels):
+            images = images.contiguous(memory_format=torch.channels_last)
+            with torch.no_grad():
+                teacher_logits = teacher(images)
+            kd_step(images, labels, teacher_logits)
+        result["s_per_step"] = _timed_steps(step, loader(), warmup, steps)
+    elif arm in ("live", "cached"):
+        batches = make_batches(data, batch, "cpu", seed=0, channels_last=True, view_seed=0, view_epochs=2)
+
+        def loader():
+            epoch = 0
+            while True:
+                yield from ((x, y, idx, epoch) for x, y, idx in batches.train(epoch))
+                epoch += 1
+        if arm == "live":
+            def step(images, labels, idx, epoch):
+                with torch.no_grad():
+                    teacher_logits = teacher(images)
+                kd_step(images, labels, teacher_logits)
+        else:
+            folder = os.path.join(tempfile.mkdtemp(), "cache")
+            logits = torch.randn(2, NUM_IMAGES, NUM_CLASSES).numpy()  # the lookup cost does not depend on values
+            write_cache(folder, {"benchmark": True}, iter(logits))
+            cache = TeacherLogitCache(folder, {"benchmark": True})
+            del teacher
+
+            def step(images, labels, idx, epoch):
+                kd_step(images, labels, cache.lookup(idx, epoch, torch.device("cpu")))
+        result["s_per_step"] = _timed_steps(step, loader(), warmup, steps)
+    elif arm == "bound":
+        images = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+        labels = torch.randint(0, NUM_CLASSES, (batch,))
+
+        def step(x, y):
+            loss = F.cross_entropy(student(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        def same():
+            while True:
+                yield images, labels
+        result["s_per_step"] = _timed_steps(step, same(), warmup, steps)
+    elif arm == "loss":
+        zs = torch.randn(batch, NUM_CLASSES, requires_grad=True)
+        zt, y = torch.randn(batch, NUM_CLASSES), torch.randint(0, NUM_CLASSES, (batch,))
+        for name, fn in (("kd", KDLoss()), ("bickd", BicKDLoss())):
+            def step(_):
+                total, _ = fn(zs, zt, y, epoch=30)
+                total.backward()
+            result[f"{name}_s"] = _timed_steps(step, iter(lambda: (None,), 0), 20, 200)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def sweep_overhead(quick: bool) -> dict:
+    """Wall time of a 4-trial local sweep vs the time its trials spent in training epochs."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory() as folder:
+        experiment = {
+            "name": "overhead", "storage_path": folder,
+            "data": {"name": "shapes100", "image_size": 16, "root": os.path.join(folder, "data"),
+                     "options": {"train_per_class": 40 if quick else 100, "test_per_class": 10}},
+            "teacher": {"model": "resnet8", "recipe": {"epochs": 1, "schedule": "constant"}},
+            "student": {"model": "resnet8"}, "recipe": {"epochs": 3 if quick else 6, "schedule": "cosine"},
+            "loss": {"name": "bickd", "warmup_epochs": 1},
+            "runtime": {"device": "cpu", "channels_last": False, "threads": 1},
+            "teacher_cache": {"enabled": True, "epochs": 2},
+            "search": {"num_samples": 4, "space": {"loss.tau": {"loguniform": [0.05, 0.5]}}},
+            "scheduler": {"type": "none"}, "resources": {"cpus_per_trial": 1, "max_failures": 0},
+        }
+        path = os.path.join(folder, "overhead.yaml")
+        with open(path, "w") as handle:
+            yaml.safe_dump(experiment, handle)
+        # data generation and the teacher are per experiment, not per trial: done before timing the sweep
+        from bickd.data import load_dataset
+        load_dataset("shapes100", root=os.path.join(folder, "data"), image_size=16, **experiment["data"]["options"])
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "platform.tune", path, "--no-report"], cwd=REPO, check=True,
+                       capture_output=True, env={**os.environ, "PYTHONPATH": REPO, "RAY_AUTH_MODE": "disabled"})
+        wall = time.perf_counter() - start
+        client = MlflowClient(f"sqlite:///{folder}/overhead/mlflow.db")
+        experiment_id = client.get_experiment_by_name("overhead").experiment_id
+        train_s = sum(m.value for run in client.search_runs([experiment_id], "tags.`bickd.kind` = 'trial'")
+                      for m in client.get_metric_history(run.info.run_id, "time/train_s"))
+        parent = client.search_runs([experiment_id], "tags.`bickd.kind` = 'experiment'")[0]
+        teacher_s = (parent.info.end_time - parent.info.start_time) / 1000 if parent.info.end_time else 0
+    slots = 2  # trials run two at a time on 2 CPUs: training time in wall-clock terms is train_s / slots
+    return {"sweep_wall_s": wall, "sweep_train_s": train_s, "non_training_share": 1 - (train_s / slots) / wall}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer steps (under two minutes)")
+    parser.add_argument("--teacher", default="resnet32x4")
+    parser.add_argument("--student", default="resnet8x4")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one arm in this process
+    parser.add_argument("--no-sweep", action="store_true", help="skip the 4-trial sweep measurement")
+    args = parser.parse_args(argv)
+    warmup, steps = (2, 5) if args.quick else (3, 20)
+    if args.arm:
+        print(json.dumps(run_arm(args.arm, args.teacher, args.student, warmup, steps, args.batch)))
+        return 0
+
+    import torch
+    print(f"machine: {stdlib_platform.processor() or stdlib_platform.machine()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32, channels_last, batch {args.batch}; "
+          f"{args.teacher} -> {args.student}", flush=True)
+    results = {}
+    for arm in ("reference", "live", "cached", "bound", "loss"):
+        out = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--arm", arm, "--teacher", args.teacher,
+                              "--student", args.student, "--batch", str(args.batch)] + (["--quick"] if args.quick else []),
+                             cwd=REPO, capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONPATH": REPO})
+        results[arm] = json.loads(out.stdout.strip().splitlines()[-1])
+        if "s_per_step" in results[arm]:
+            r = results[arm]
+            print(f"  ({'abcd'[('reference', 'live', 'cached', 'bound').index(arm)]}) {arm:<10} "
+                  f"{r['s_per_step'] * 1000:8.1f} ms/step  {args.batch / r['s_per_step']:7.1f} img/s  "
+                  f"peak RSS {r['peak_rss_mb']:6.0f} MB", flush=True)
+    reference, live, cached, bound = (results[a]["s_per_step"] for a in ("reference", "live", "cached", "bound"))
+    loss = results["loss"]
+    overhead = (loss["bickd_s"] - loss["kd_s"]) / cached
+    print(f"  speedup live/reference {reference / live:.2f}x, cached/reference {reference / cached:.2f}x; "
+          f"cached reaches {bound / cached * 100:.1f}% of the bare student step")
+    print(f"  loss only: KD {loss['kd_s'] * 1000:.2f} ms, BicKD {loss['bickd_s'] * 1000:.2f} ms per step "
+          f"(fwd+bwd, B={args.batch}, C={NUM_CLASSES}); BicKD's extra cost = {overhead * 100:.1f}% of a cached step")
+    if not args.no_sweep:
+        sweep = sweep_overhead(args.quick)
+        print(f"  4-trial local sweep: {sweep['sweep_wall_s']:.1f} s wall, {sweep['sweep_train_s']:.1f} s in training "
+              f"epochs (2 at a time): {sweep['non_training_share'] * 100:.1f}% of wall time outside training")
+    print(f"speedup cached/reference: {reference / cached:.2f}x  bickd-loss overhead: {overhead * 100:.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
