@@ -86,12 +86,13 @@ def _assert_png(path) -> None:
 
 def test_ablation_produces_the_table(ray_local, write_experiment, tmp_path):
     path = write_experiment(
-        "ablation", recipe={"epochs": 1},
+        "ablation", recipe={"epochs": 1}, teacher_cache={"enabled": True, "epochs": 1},
         ablation={"seeds": [0, 1], "reference": "full", "control": "kd_only",
                   "arms": {"full": {}, "kd_only": {"loss.w_bc": 0.0}}},
         resources={"cpus_per_trial": 1, "max_concurrent_trials": 2, "max_failures": 0})
     assert tune_cli.main([path]) == 0
     experiment_dir = tmp_path / "experiments" / "ablation"
+    assert len(list((experiment_dir / "teacher_cache").glob("*/epoch-0000.arrow"))) == 1  # built once, shared
     table = pd.read_csv(experiment_dir / "results" / "ablation.csv")
     assert list(table.arm) == ["full", "kd_only"] and list(table.seeds) == [2, 2]
     _, trials = _runs(str(experiment_dir), "ablation", "trial")
@@ -129,3 +130,18 @@ def test_torch_trainer_trial_with_two_gloo_workers(ray_local, write_experiment, 
     metrics = trials[0].data.metrics
     assert 0 <= metrics["final/top1"] <= 100 and metrics["final/epochs"] == 1
     assert os.path.isdir(os.path.join(str(tmp_path / "experiments"), "train_runs"))
+
+
+def test_a_diverging_trial_fails_alone_with_its_reason(ray_local, write_experiment, tmp_path):
+    path = write_experiment(
+        "diverging", recipe={"epochs": 2},
+        search={"num_samples": 2, "space": {"recipe.lr": {"choice": [0.05, 1.0e6]}},
+                "points_to_evaluate": [{"recipe.lr": 0.05}, {"recipe.lr": 1.0e6}]},
+        scheduler={"type": "none"}, resources={"cpus_per_trial": 1, "max_concurrent_trials": 2, "max_failures": 0})
+    assert tune_cli.main([path, "--no-report"]) == 0  # the experiment finishes
+    _, trials = _runs(str(tmp_path / "experiments" / "diverging"), "diverging", "trial")
+    by_lr = {float(run.data.params["recipe.lr"]): run for run in trials}
+    assert by_lr[0.05].info.status == "FINISHED"
+    assert by_lr[1.0e6].info.status == "FAILED"
+    assert "NonFiniteLossError" in by_lr[1.0e6].data.tags["stop_reason"]
+    assert "train/loss" not in by_lr[1.0e6].data.metrics  # stopped in its first epoch

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from bickd.losses.kd import kl_at_temperature
+from bickd.losses.base import DistillationLoss, linear_ramp
 from bickd.schema import StrictModel
 
 _EPS = 1e-12
@@ -69,16 +70,11 @@ def info_nce(scores: torch.Tensor, positives: torch.Tensor, contrast: str, ortho
     return (alignment + orthogonality * repulsion).mean()
 
 
-class BicKDLoss(torch.nn.Module):
-    needs_teacher = True
-
-    def __init__(self, **params):
-        super().__init__()
-        self.params = BicKDParams(**params)
+class BicKDLoss(DistillationLoss):
+    Params = BicKDParams
 
     def ramp(self, epoch: float) -> float:
-        warmup = self.params.warmup_epochs
-        return 1.0 if warmup == 0 else min(max(epoch, 0.0) / warmup, 1.0)
+        return linear_ramp(epoch, self.params.warmup_epochs)
 
     def _directional(self, scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
         p = self.params

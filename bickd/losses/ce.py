@@ -6,6 +6,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from bickd.losses.base import DistillationLoss
 from bickd.schema import StrictModel
 
 
@@ -13,12 +14,9 @@ class CEParams(StrictModel):
     name: Literal["ce"] = "ce"
 
 
-class CELoss(torch.nn.Module):
+class CELoss(DistillationLoss):
+    Params = CEParams
     needs_teacher = False
-
-    def __init__(self, **params):
-        super().__init__()
-        self.params = CEParams(**params)
 
     def forward(self, student_logits, teacher_logits, labels, epoch: float = 0.0):
         ce = F.cross_entropy(student_logits.float(), labels)

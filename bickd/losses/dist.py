@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from bickd.losses.base import DistillationLoss
 from bickd.schema import StrictModel
 
 
@@ -27,12 +28,8 @@ def _pearson_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> to
     return (1 - corr).mean()
 
 
-class DISTLoss(torch.nn.Module):
-    needs_teacher = True
-
-    def __init__(self, **params):
-        super().__init__()
-        self.params = DISTParams(**params)
+class DISTLoss(DistillationLoss):
+    Params = DISTParams
 
     def forward(self, student_logits, teacher_logits, labels, epoch: float = 0.0):
         p = self.params

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from bickd.losses.base import DistillationLoss, linear_ramp
 from bickd.schema import StrictModel
 
 _MASKED = -1e9  # finite, so 0 * (masked - masked) stays 0 instead of NaN
@@ -29,12 +30,8 @@ def _binary_log_probs(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return torch.stack([target_logit - log_z, others - log_z], dim=1)
 
 
-class DKDLoss(torch.nn.Module):
-    needs_teacher = True
-
-    def __init__(self, **params):
-        super().__init__()
-        self.params = DKDParams(**params)
+class DKDLoss(DistillationLoss):
+    Params = DKDParams
 
     def forward(self, student_logits, teacher_logits, labels, epoch: float = 0.0):
         p = self.params
@@ -48,6 +45,6 @@ class DKDLoss(torch.nn.Module):
         ls_nt = F.log_softmax(zs.masked_fill(gt, _MASKED), dim=1)
         lt_nt = F.log_softmax(zt.masked_fill(gt, _MASKED), dim=1)
         nckd = (lt_nt.exp() * (lt_nt - ls_nt)).sum(1).mean() * p.T ** 2
-        ramp = 1.0 if p.warmup_epochs == 0 else min(max(epoch, 0.0) / p.warmup_epochs, 1.0)
+        ramp = linear_ramp(epoch, p.warmup_epochs)
         total = p.w_ce * ce + ramp * (p.alpha * tckd + p.beta * nckd)
         return total, {"ce": ce.detach(), "tckd": tckd.detach(), "nckd": nckd.detach()}

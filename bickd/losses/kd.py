@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from bickd.losses.base import DistillationLoss
 from bickd.schema import StrictModel
 
 
@@ -25,12 +26,8 @@ def kl_at_temperature(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return kl.mean() * T * T
 
 
-class KDLoss(torch.nn.Module):
-    needs_teacher = True
-
-    def __init__(self, **params):
-        super().__init__()
-        self.params = KDParams(**params)
+class KDLoss(DistillationLoss):
+    Params = KDParams
 
     def forward(self, student_logits, teacher_logits, labels, epoch: float = 0.0):
         p = self.params
