@@ -1,0 +1,59 @@
+"""Static guarantees: safe loading everywhere, no eval of config text, no credentials committed."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tracked(suffixes: tuple[str, ...]) -> list[str]:
+    files = subprocess.run(["git", "-C", REPO, "ls-files"], capture_output=True, text=True, check=True).stdout.split()
+    return [os.path.join(REPO, f) for f in files if f.endswith(suffixes) and os.path.isfile(os.path.join(REPO, f))]
+
+
+def _code() -> dict[str, str]:
+    return {path: open(path, encoding="utf-8").read() for path in _tracked((".py",))
+            if "/tests/" not in path}
+
+
+def _calls(text: str, name: str) -> list[str]:
+    """Every `name(...)` call with its balanced argument list."""
+    calls = []
+    for match in re.finditer(re.escape(name) + r"\(", text):
+        depth, end = 0, match.end() - 1
+        for end in range(match.end() - 1, len(text)):
+            depth += {"(": 1, ")": -1}.get(text[end], 0)
+            if depth == 0:
+                break
+        calls.append(text[match.start():end + 1])
+    return calls
+
+
+def test_checkpoints_load_weights_only_and_yaml_safely():
+    for path, text in _code().items():
+        for call in _calls(text, "torch.load"):
+            assert "weights_only=True" in call, f"{path}: {call}"
+        assert not re.search(r"yaml\.(load|unsafe_load|full_load)\(", text), path
+        assert not re.search(r"(?<![\w.])(eval|exec)\(", text), path
+        assert "pickle.load(" not in text or path.endswith("bickd/data/cifar.py"), path  # CIFAR's own format
+
+
+def test_servers_listen_on_loopback_only():
+    for path in _tracked((".py", ".md", ".yaml")):
+        if "/tests/" in path:
+            continue
+        text = open(path, encoding="utf-8").read()
+        for host in re.findall(r"--host[= ](\S+)", text) + re.findall(r"--dashboard-host[= ](\S+)", text):
+            assert host.strip("`'\",") in ("127.0.0.1", "localhost"), f"{path}: {host}"
+
+
+def test_no_credentials_in_any_committed_file():
+    patterns = [re.compile(p) for p in (r"AKIA[0-9A-Z]{16}", r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
+                                         r"(?i)aws_secret_access_key\s*[:=]\s*\S+", r"(?i)AccountKey=[A-Za-z0-9+/=]{20,}",
+                                         r"ghp_[A-Za-z0-9]{36}", r"(?i)password\s*[:=]\s*['\"][^'\"]+['\"]")]
+    for path in _tracked((".py", ".md", ".yaml", ".yml", ".toml", ".json", ".txt", "run")):
+        text = open(path, encoding="utf-8", errors="ignore").read()
+        for pattern in patterns:
+            assert not pattern.search(text), f"{path} matches {pattern.pattern}"
