@@ -82,3 +82,33 @@ def test_experiment_through_address_survives_a_killed_trial(two_node_cluster, wr
     for run in trials:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
         assert sorted(steps) == [1, 2, 3, 4], steps  # resumed after its checkpoint: no epoch twice
+
+
+def test_two_experiments_at_once_keep_to_themselves(two_node_cluster, write_experiment, tmp_path):
+    """Two drivers on one cluster, one storage root and one MLflow store: nothing crosses over."""
+    tracking = f"sqlite:///{tmp_path}/shared-mlflow.db"
+    paths = [write_experiment(name, recipe={"epochs": 2}, search={"num_samples": 2, "space": {
+        "loss.tau": {"loguniform": [0.05, 0.5]}}}, scheduler={"type": "none"},
+        tracking={"tracking_uri": tracking, "experiment_name": "shared"},
+        resources={"cpus_per_trial": 1, "max_concurrent_trials": 1, "max_failures": 0}) for name in ("left", "right")]
+    # the shared store's schema is created once before the two drivers race to write to it
+    MlflowClient(tracking).search_experiments()
+    drivers = [subprocess.Popen([sys.executable, "-m", "platform.tune", path, "--address", two_node_cluster,
+                                 "--no-report"], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for path in paths]
+    outputs = [driver.communicate(timeout=400)[0] for driver in drivers]
+    assert [driver.returncode for driver in drivers] == [0, 0], outputs
+
+    client = MlflowClient(tracking)
+    experiment_id = client.get_experiment_by_name("shared").experiment_id
+    runs = client.search_runs([experiment_id])
+    for name in ("left", "right"):
+        folder = str(tmp_path / "experiments" / name)
+        mine = [r for r in runs if r.data.tags["bickd.experiment_dir"] == folder]
+        parents = [r for r in mine if r.data.tags[TAG_KIND] == "experiment"]
+        trials = [r for r in mine if r.data.tags[TAG_KIND] == "trial"]
+        assert len(parents) == 1 and len(trials) == 2
+        assert all(t.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for t in trials)
+        trial_dirs = [d for d in os.listdir(folder) if d.startswith("run_trial_")]
+        assert len(trial_dirs) == 2
+    assert len(runs) == 6
