@@ -80,6 +80,9 @@ def test_interrupted_driver_then_resume_completes_every_trial_once(stop, write_e
         assert run.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
         assert sorted(steps) == [1, 2, 3, 4], (run.info.run_name, steps)  # every epoch exactly once
+    import pandas as pd
+    results = pd.read_csv(os.path.join(experiment_dir, "trials.csv"))
+    assert len(results) == 3 and results.trial_id.nunique() == 3 and (results.error.isna() | (results.error == "")).all()
     study = optuna.load_study(study_name="resumable", storage=f"sqlite:///{experiment_dir}/optuna.db")
     assert len(study.trials) == 3
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)

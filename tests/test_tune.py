@@ -28,6 +28,13 @@ def test_dry_run_creates_nothing(write_experiment, tmp_path, capsys):
     assert not (tmp_path / "experiments").exists()
 
 
+@pytest.mark.parametrize("name", ["cifar", "cifar_ablation", "imagenet", "demo", "bench_ablation", "bench_search"])
+def test_dry_run_of_the_shipped_experiments(name, capsys):
+    assert tune_cli.main([f"search_spaces/{name}.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing was created" in out and "resources    per trial" in out
+
+
 def test_search_with_asha_stops_some_trials_and_logs_everything(ray_local, write_experiment, tmp_path):
     path = write_experiment(
         "search", recipe={"epochs": 3},
