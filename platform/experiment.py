@@ -233,6 +233,7 @@ def default_paths(experiment: ExperimentConfig) -> dict[str, str]:
         root = os.path.dirname(local)
     return {
         "storage_path": root,
+        "tune_path": f"{root}/{experiment.name}" if experiment.is_remote else local,  # Tune's experiment folder
         "experiment_dir": local,
         "tracking_uri": experiment.tracking.tracking_uri or f"sqlite:///{os.path.join(local, 'mlflow.db')}",
         "optuna_storage": f"sqlite:///{os.path.join(local, 'optuna.db')}",

@@ -88,7 +88,7 @@ def _run(experiment: ExperimentConfig, paths: dict[str, str], num_classes: int, 
             # Tune catches Ctrl+C itself, saves its state and returns normally: say so, do not summarise.
             tracker.finish_open_trial_runs("KILLED")
             tracker.finish(parent, "KILLED")
-            print(f"\ninterrupted: the state is saved; continue with\n  python -m platform.tune <yaml> --resume",
+            print("\ninterrupted: the state is saved; continue with\n  python -m platform.tune <yaml> --resume",
                   flush=True)
             return 130
         rows = _result_rows(results, arms)
@@ -101,7 +101,7 @@ def _run(experiment: ExperimentConfig, paths: dict[str, str], num_classes: int, 
         return 0
     except KeyboardInterrupt:
         tracker.finish(parent, "KILLED")
-        print(f"\ninterrupted: continue with  python -m platform.tune <yaml> --resume", flush=True)
+        print("\ninterrupted: continue with  python -m platform.tune <yaml> --resume", flush=True)
         return 130
     except BaseException:
         tracker.finish(parent, "FAILED")
@@ -186,12 +186,10 @@ def _new_tuner(experiment, paths, trainable, logger, build_searcher):
 
 def _restore_tuner(paths, trainable):
     from ray import tune
-    path = os.path.join(paths["storage_path"], os.path.basename(paths["experiment_dir"])) \
-        if "://" not in paths["storage_path"] else paths["storage_path"].rstrip("/") + "/" + os.path.basename(paths["experiment_dir"])
-    if not tune.Tuner.can_restore(path):
-        raise ConfigError(f"--resume: {path} holds no Tune state to resume (was the run started at all?)")
-    print(f"resuming {path}", flush=True)
-    return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    if not tune.Tuner.can_restore(paths["tune_path"]):
+        raise ConfigError(f"--resume: {paths['tune_path']} holds no Tune state to resume (was the run started at all?)")
+    print(f"resuming {paths['tune_path']}", flush=True)
+    return tune.Tuner.restore(paths["tune_path"], trainable=trainable, resume_unfinished=True, resume_errored=True)
 
 
 def _result_rows(results, arms) -> pd.DataFrame:
