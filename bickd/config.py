@@ -123,11 +123,19 @@ class TrainConfig(StrictModel):
         """A validated copy with dotted-path overrides applied (`{"loss.tau": 0.2, "seed": 1}`).
 
         A dict value replaces the whole section (`{"loss": {"name": "ce"}}`), so a new loss does not
-        inherit keys of the old one.
+        inherit keys of the old one. Switching `loss.name` alone keeps the base loss's parameters that the
+        new loss also takes (T, w_ce, ...) and drops the others; keys given in `overrides` always stay.
         """
         tree = self.train_dict()
         for path, value in overrides.items():
             _set_path(tree, path, copy.deepcopy(value))
+        if "loss.name" in overrides and overrides["loss.name"] != self.loss.name:
+            from bickd.losses import LOSSES
+            name = overrides["loss.name"]
+            if name in LOSSES:
+                taken = set(LOSSES[name].Params.model_fields)
+                given = {p.split(".", 1)[1] for p in overrides if p.startswith("loss.")}
+                tree["loss"] = {k: v for k, v in tree["loss"].items() if k in taken or k in given}
         return TrainConfig.model_validate(tree)
 
     def teacher_training_config(self) -> TrainConfig:

@@ -43,6 +43,15 @@ def test_errors_name_the_field(patch, message):
     assert "\n" not in str(err.value)
 
 
+def test_switching_the_loss_keeps_shared_parameters_only():
+    config = TrainConfig.model_validate({**BASE, "loss": {"name": "bickd", "T": 2.0, "w_ce": 0.3, "tau": 0.2}})
+    kd = config.with_overrides({"loss.name": "kd"})
+    assert kd.loss.name == "kd" and kd.loss.T == 2.0 and kd.loss.w_ce == 0.3
+    assert config.with_overrides({"loss.name": "ce"}).loss.name == "ce"
+    with pytest.raises(Exception, match="tau"):  # a key given with the switch is never dropped silently
+        config.with_overrides({"loss.name": "kd", "loss.tau": 0.5})
+
+
 def test_distillation_needs_a_teacher():
     tree = {k: v for k, v in BASE.items() if k != "teacher"}
     with pytest.raises(ConfigError, match="teacher"):
