@@ -424,6 +424,20 @@ def test_no_credentials_in_cluster_files(path):
     assert credential_problems(text, strict_words=path.endswith((".yaml", ".yml"))) == []
 
 
+@pytest.mark.parametrize("leak", [
+    "# password: hunter2",
+    "  aws_secret_access_key: wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY",
+    "-----BEGIN OPENSSH PRIVATE KEY-----",
+    "  subscription_id: 3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+    "    - -e RAY_AUTH_TOKEN=0123456789abcdef",
+])
+def test_credential_scan_reads_comments_too(leak):
+    """The file scan sees what YAML parsing drops (comments), so a pasted key is caught wherever it is."""
+    text = (CLUSTER / "aws.yaml").read_text(encoding="utf-8")
+    assert credential_problems(text, strict_words=True) == []
+    assert credential_problems(text + "\n" + leak + "\n", strict_words=True) != []
+
+
 def test_mlflow_port_is_the_one_the_guide_names():
     readme = README.read_text(encoding="utf-8")
     ports = {flag(mlflow_command(load(cloud))[1], "--port") for cloud in CLOUDS}
@@ -565,8 +579,9 @@ def _platform_commands(text_parts: list[str]) -> list[str]:
     for part in text_parts:
         for match in re.finditer(r"python -m platform\.tune [^\"'`\n]*", part):
             command = match.group(0).split(" #")[0].strip()
-            if "..." not in command:
-                found.append(command)
+            args = command.split()[3:]
+            if "..." not in command and args and not args[0].startswith("<"):
+                found.append(command)  # not the generic `python -m platform.tune <experiment.yaml>`
     return found
 
 
