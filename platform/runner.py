@@ -22,6 +22,9 @@ def run_experiment(experiment: ExperimentConfig, paths: dict[str, str], address:
     experiment_dir = paths["experiment_dir"]
     exists = os.path.exists(os.path.join(experiment_dir, STATE_FILE)) or os.path.exists(
         os.path.join(experiment_dir, "experiment.yaml"))
+    if experiment.is_remote and not exists:
+        from ray import tune  # Tune's state lives in the bucket even when this head's disk is new
+        exists = tune.Tuner.can_restore(paths["tune_path"])
     if exists and not resume:
         raise ConfigError(f"name: experiment '{experiment.name}' already exists in {experiment_dir}; "
                           "pass --resume to continue it, or choose another name")
@@ -33,13 +36,14 @@ def run_experiment(experiment: ExperimentConfig, paths: dict[str, str], address:
     preflight.check_teacher_checkpoint(experiment, num_classes)
     from platform.ray_env import cluster_resources, init_ray
     init_ray(address, num_cpus=num_cpus)  # Ray's own session files live outside the experiment folder
-    _check_resources(experiment, cluster_resources())
+    if address is None:  # a joined cluster may autoscale from zero GPU workers: Tune waits for them
+        _check_resources(experiment, cluster_resources())
 
     # Everything below may create files: all checks have passed.
     created = not os.path.exists(experiment_dir)
     os.makedirs(experiment_dir, exist_ok=True)
     try:
-        return _run(experiment, paths, num_classes, resume, write_report)
+        return _run(experiment, paths, num_classes, resume, write_report, joined=address is not None)
     except BaseException:
         if created and not os.path.exists(os.path.join(experiment_dir, STATE_FILE)):
             shutil.rmtree(experiment_dir, ignore_errors=True)  # nothing half-written from a failed start
@@ -47,7 +51,7 @@ def run_experiment(experiment: ExperimentConfig, paths: dict[str, str], address:
 
 
 def _run(experiment: ExperimentConfig, paths: dict[str, str], num_classes: int, resume: bool,
-         write_report: bool) -> int:
+         write_report: bool, joined: bool) -> int:
     from ray import tune
 
     from platform.search import build_searcher
@@ -82,7 +86,7 @@ def _run(experiment: ExperimentConfig, paths: dict[str, str], num_classes: int, 
         logger = TrialLogger(tracker, parent, describe, experiment.max_epochs, {"experiment": experiment.name})
         # On --resume Tune restores the experiment's own pickled callbacks (a TrialLogger like this one).
         tuner = _restore_tuner(paths, trainable) if resume else _new_tuner(
-            experiment, paths, trainable, logger, build_searcher)
+            experiment, paths, trainable, logger, build_searcher, joined)
         results = tuner.fit()
         if _interrupted(results, _planned_trials(experiment)):
             # Tune catches Ctrl+C itself, saves its state and returns normally: say so, do not summarise.
@@ -154,7 +158,7 @@ def _check_resources(experiment: ExperimentConfig, available: dict[str, float]) 
                           f"CPUs than the cluster's {available.get('CPU', 0):g}")
 
 
-def _new_tuner(experiment, paths, trainable, logger, build_searcher):
+def _new_tuner(experiment, paths, trainable, logger, build_searcher, joined: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -171,7 +175,11 @@ def _new_tuner(experiment, paths, trainable, logger, build_searcher):
         param_space = {"arm": tune.grid_search(list(experiment.ablation.arms)),
                        "seed": tune.grid_search(list(experiment.ablation.seeds))}
     from platform.ray_env import cluster_resources
-    concurrent = experiment.resources.max_concurrent_trials or _slots(experiment, cluster_resources())
+    concurrent = experiment.resources.max_concurrent_trials
+    if concurrent is None and not (joined and experiment.resources.num_workers == 0):
+        # Local: what fits now. Joined clusters autoscale, and Tune queues single-device trials on their
+        # resources by itself; TorchTrainer trials hide their workers' needs from Tune, so they are capped.
+        concurrent = _slots(experiment, cluster_resources())
     return tune.Tuner(
         trainable, param_space=param_space,
         # metric/mode live on the searcher and the scheduler (Tune refuses them in both places).

@@ -5,9 +5,9 @@ There is no `ray up --dry-run`; Ray's own tests validate its example YAMLs with
 JSON schema and checks such as head_node_type being one of available_node_types). These tests do the same
 with the installed Ray, run a plain jsonschema check against the `ray-schema.json` Ray ships (the fallback
 if the private API moves), and add what the schema leaves out: GPU node types on GPU instance families with
-matching `resources`, spot/preemptible workers, the image tag of the installed Ray, the project installed
-from the synced checkout, MLflow on 127.0.0.1 at the port cluster/README.md names, token auth, and no
-credentials. The README's `ray ...` commands are checked against Ray's real CLI and its
+matching `resources`, spot/preemptible workers on a named VM image, the image tag of the installed Ray, every
+command parsing in bash, the project installed from the synced checkout, MLflow on 127.0.0.1 at the port
+cluster/README.md names, token auth, and no credentials. The README's `ray ...` commands are checked against Ray's real CLI and its
 `python -m platform.tune ...` commands against the platform's real parser and experiment validation.
 
 Nothing is mocked and nothing is started: no Ray cluster, no cloud SDK call.
@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Callable
@@ -144,6 +145,18 @@ def instance_gpus(cloud: str, node_config: dict[str, Any]) -> int | None:
     return known[1] if known else None
 
 
+def host_image(cloud: str, node_config: dict[str, Any]) -> str:
+    """The VM image a node boots, as the config names it ("" when left to Ray's default)."""
+    if cloud == "aws":
+        return str(node_config.get("ImageId") or "")
+    if cloud == "gcp":
+        boot = [d for d in node_config.get("disks") or [] if d.get("boot")]
+        return str(boot[0].get("initializeParams", {}).get("sourceImage") or "") if boot else ""
+    arm = node_config.get("azure_arm_parameters") or {}
+    return str(arm.get("imageId") or ":".join(str(arm.get(k) or "") for k in ("imagePublisher", "imageOffer",
+                                                                               "imageSku")).strip(":"))
+
+
 def is_spot(cloud: str, node_config: dict[str, Any]) -> bool:
     if cloud == "aws":
         return (node_config.get("InstanceMarketOptions") or {}).get("MarketType") == "spot"
@@ -227,6 +240,28 @@ def credential_problems(text: str, strict_words: bool) -> list[str]:
     return problems
 
 
+COMMAND_LISTS = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
+                 "head_start_ray_commands", "worker_start_ray_commands")
+
+
+def shell_problems(config: dict[str, Any]) -> list[str]:
+    """Ray runs every command list through bash on the nodes: each command must at least parse (bash -n)."""
+    bash = shutil.which("bash")
+    if bash is None:
+        return []
+    commands = [(key, c) for key in COMMAND_LISTS for c in config.get(key) or []]
+    commands += [(f"{name}.{key}", c) for name, node in node_types(config).items()
+                 for key in ("initialization_commands", "worker_setup_commands") for c in node.get(key) or []]
+    return [f"{where}: bash cannot parse {command[:60]!r}: {error}"
+            for where, command in commands if (error := _bash_syntax_error(bash, command))]
+
+
+@functools.lru_cache(maxsize=None)
+def _bash_syntax_error(bash: str, command: str) -> str:
+    result = subprocess.run([bash, "-n", "-c", command], capture_output=True, text=True, timeout=20)
+    return result.stderr.strip()[:200] or "syntax error" if result.returncode != 0 else ""
+
+
 def project_problems(cloud: str, config: dict[str, Any]) -> list[str]:
     """Everything this project requires of a launcher YAML that Ray's schema does not check."""
     problems: list[str] = []
@@ -272,6 +307,9 @@ def project_problems(cloud: str, config: dict[str, Any]) -> list[str]:
                             f"({'guestAccelerators or a2/a3/g2' if cloud == 'gcp' else 'GPU instance family'})")
         elif real is not None and real != gpus:
             problems.append(f"{name}: resources GPU {gpus} but {itype} has {real}")
+        if not host_image(cloud, node_config):
+            problems.append(f"{name}: name the VM image (GPU hosts need an NVIDIA driver >= 580 for torch's CUDA "
+                            "13 wheels; Ray's default AWS AMI is far older)")
         if not is_spot(cloud, node_config):
             problems.append(f"{name}: GPU workers must be spot/preemptible")
         if cloud == "gcp":
@@ -307,9 +345,9 @@ def project_problems(cloud: str, config: dict[str, Any]) -> list[str]:
             problems.append(f"{name}: --shm-size {shm[0]} is too small for the object store")
         if not any(re.search(r"RAY_AUTH_MODE=token\b", o) for o in options):
             problems.append(f"{name}: docker run options must set RAY_AUTH_MODE=token")
-        for node_type_docker in (types[name].get("docker") or {}, ):
-            if "worker_image" in node_type_docker and node_type_docker["worker_image"] != IMAGE:
-                problems.append(f"{name}: docker.worker_image {node_type_docker['worker_image']!r} != {IMAGE!r}")
+        own_image = (types[name].get("docker") or {}).get("worker_image")
+        if own_image is not None and own_image != IMAGE:
+            problems.append(f"{name}: docker.worker_image {own_image!r} != {IMAGE!r}")
 
     # The checkout on every node, installed there; the token file mounted, not inlined.
     mounts = config.get("file_mounts") or {}
@@ -358,6 +396,7 @@ def project_problems(cloud: str, config: dict[str, Any]) -> list[str]:
         if not artifacts.startswith(ARTIFACT_SCHEME[cloud]):
             problems.append(f"mlflow --artifacts-destination must be {ARTIFACT_SCHEME[cloud]}... (got {artifacts!r})")
 
+    problems += shell_problems(config)
     problems += credential_problems(yaml.safe_dump(config), strict_words=True)
     return problems
 
@@ -474,6 +513,17 @@ def _on_demand(cloud, config):
         node_config["azure_arm_parameters"].pop("priority")
 
 
+def _default_image(cloud, config):
+    node_config = _gpu1(config)["node_config"]
+    if cloud == "aws":
+        node_config.pop("ImageId")
+    elif cloud == "gcp":
+        node_config["disks"][0]["initializeParams"].pop("sourceImage")
+    else:
+        for key in ("imagePublisher", "imageOffer", "imageSku", "imageVersion"):
+            node_config["azure_arm_parameters"].pop(key)
+
+
 def _mlflow_edit(config, old, new):
     index, _ = mlflow_command(config)
     config["head_start_ray_commands"][index] = config["head_start_ray_commands"][index].replace(old, new)
@@ -487,9 +537,11 @@ BROKEN: dict[str, tuple[Callable[[str, dict], None], str]] = {
     "GPU count not the instance's": (lambda c, x: _gpu1(x)["resources"].update(GPU=2), "has 1"),
     "more CPUs than the instance": (lambda c, x: _gpu1(x)["resources"].update(CPU=64), "vCPUs"),
     "on-demand GPU workers": (_on_demand, "spot/preemptible"),
+    "GPU host image left to Ray": (_default_image, "VM image"),
     "always-on GPU workers": (lambda c, x: _gpu1(x).update(min_workers=1), "min_workers"),
     "image of another Ray": (lambda c, x: x["docker"].update(image="rayproject/ray:2.59.0-py311-gpu"), "docker.image"),
-    "frozen ray-ml image": (lambda c, x: x["docker"].update(image=f"rayproject/ray-ml:{ray.__version__}-gpu"), "ray-ml"),
+    "frozen ray-ml image": (lambda c, x: x["docker"].update(image=f"rayproject/ray-ml:{ray.__version__}-gpu"),
+                            "ray-ml"),
     "no --shm-size on workers": (lambda c, x: _gpu1(x)["docker"].update(worker_run_options=[]), "--shm-size"),
     "token auth off": (lambda c, x: x["docker"].update(run_options=["--ulimit nofile=65536:65536"]), "RAY_AUTH_MODE"),
     "project not installed": (lambda c, x: x.update(setup_commands=["pip install -q mlflow"]), "pip install -e"),
@@ -498,6 +550,7 @@ BROKEN: dict[str, tuple[Callable[[str, dict], None], str]] = {
     "MLflow on all interfaces": (lambda c, x: _mlflow_edit(x, "--host 127.0.0.1", "--host 0.0.0.0"), "127.0.0.1"),
     "MLflow before ray start": (lambda c, x: x["head_start_ray_commands"].reverse(), "after `ray start --head`"),
     "MLflow in the foreground": (lambda c, x: _mlflow_edit(x, "2>&1 &", "2>&1"), "background"),
+    "shell syntax error": (lambda c, x: _mlflow_edit(x, "2>&1 &))", "2>&1 &)"), "bash cannot parse"),
     "relative SQLite path": (lambda c, x: _mlflow_edit(x, "sqlite:////home/ray/mlflow", "sqlite:///mlflow"), "sqlite"),
     "leaked access key": (lambda c, x: x["provider"].update(note="AKIAABCDEFGHIJKLMNOP"), "AWS access key"),
     "leaked subscription id": (lambda c, x: x["provider"].update(
@@ -709,10 +762,13 @@ def _first_worker_container(job):
 
 KUBERAY_BROKEN: dict[str, tuple[Callable[[dict], None], str]] = {
     "not a RayJob": (lambda j: j.update(kind="RayCluster"), "RayJob"),
-    "cluster kept after the job": (lambda j: j["spec"].update(shutdownAfterJobFinishes=False), "shutdownAfterJobFinishes"),
+    "cluster kept after the job": (lambda j: j["spec"].update(shutdownAfterJobFinishes=False),
+                                   "shutdownAfterJobFinishes"),
     "other entrypoint": (lambda j: j["spec"].update(entrypoint="python train.py"), "platform.tune"),
-    "image of another Ray": (lambda j: _first_worker_container(j).update(image="rayproject/ray:2.59.0-py311-gpu"), "image"),
-    "no GPU requested": (lambda j: _first_worker_container(j)["resources"]["limits"].pop("nvidia.com/gpu"), "nvidia.com/gpu"),
+    "image of another Ray": (lambda j: _first_worker_container(j).update(image="rayproject/ray:2.59.0-py311-gpu"),
+                             "image"),
+    "no GPU requested": (lambda j: _first_worker_container(j)["resources"]["limits"].pop("nvidia.com/gpu"),
+                         "nvidia.com/gpu"),
     "no /dev/shm": (lambda j: _first_worker_container(j).pop("volumeMounts"), "/dev/shm"),
     "PYTHONPATH in the job's env": (lambda j: j["spec"].update(runtimeEnvYAML=j["spec"]["runtimeEnvYAML"]
                                                                + "env_vars: {PYTHONPATH: /app}\n"), "conflicts"),
