@@ -91,7 +91,7 @@ def plot_ablation(table: pd.DataFrame, path: str) -> str:
     low = (table.best_mean - table.best_std.fillna(0)).min()
     ax.set_ylim(max(0.0, low - 2), min(100.0, (table.best_mean + table.best_std.fillna(0)).max() + 1))
     ax.set_ylabel("best test top-1 (%), mean ± std over seeds")
-    ax.set_title("ablation")
+    ax.set_title("ablation: one switch per arm")
     return _save(ax.figure, path)
 
 
@@ -175,6 +175,8 @@ def write_experiment_report(target: str, tracking_uri: str | None = None, quiet:
         ablation = experiment["ablation"]
         rows = runs.dropna(subset=["best_top1"])[["arm", "seed", "final_top1", "best_top1"]]
         table = ablation_table(rows, ablation["reference"], ablation.get("control"))
+        order = [arm for arm in ablation["arms"] if arm in set(table.arm)]  # the YAML's order
+        table = table.set_index("arm").loc[order].reset_index()
         lines += ["", "## Ablation", "", to_markdown(table, ablation["reference"], ablation.get("control"))]
         images.append(plot_ablation(table, os.path.join(folder, "ablation.png")))
     if experiment.get("search"):
