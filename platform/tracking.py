@@ -61,8 +61,12 @@ class Tracker:
         self.tracking_uri = tracking_uri
         self.experiment_dir = experiment_dir
         existing = self.client.get_experiment_by_name(experiment_name)
+        # With a SQLite store, artifacts would default to ./mlruns under the current folder: keep them
+        # beside the experiment instead. A tracking server decides for itself.
+        artifacts = (None if tracking_uri.startswith(("http://", "https://"))
+                     else "file://" + os.path.join(experiment_dir, "mlartifacts"))
         self.experiment_id = (existing.experiment_id if existing is not None
-                              else self.client.create_experiment(experiment_name))
+                              else self.client.create_experiment(experiment_name, artifact_location=artifacts))
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles callbacks with the experiment (for --resume); a client is rebuilt from its URI.
