@@ -63,8 +63,16 @@ def best_trials_table(runs: pd.DataFrame, experiment: dict, top: int = 10) -> pd
                           "final top-1 (%)": done.final_top1.round(2), "epochs": done.epochs,
                           "stop reason": done.stop_reason})
     for name in _searched(experiment):
-        shown[name] = [p.get(name, "") for p in done.params]
+        shown[name] = [_short(p.get(name, "")) for p in done.params]
     return shown
+
+
+def _short(value: str) -> str:
+    """MLflow keeps params as strings: show numbers with 3 significant digits."""
+    try:
+        return f"{float(value):.3g}"
+    except ValueError:
+        return value
 
 
 def plot_curves(tracker: Tracker, runs: pd.DataFrame, path: str, top: int = 5) -> str | None:
