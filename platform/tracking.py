@@ -173,8 +173,7 @@ class TrialLogger(Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         """A failed trial that Tune restarts from its last checkpoint (FailureConfig.max_failures)."""
         run_id = self._run_for(trial)
-        error = trial.get_error()
-        reason = str(error).strip().splitlines()[-1][:500] if error else "unknown"
+        reason = _error_line(trial)[:500]
         self.tracker.client.set_tag(run_id, "restarts", str(trial.num_failures))
         self.tracker.client.set_tag(run_id, "last_failure", reason)
 
@@ -192,7 +191,23 @@ class TrialLogger(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._run_for(trial)
-        error = trial.get_error()
-        message = str(error).strip().splitlines()[-1] if error else "unknown error"
+        message = _error_line(trial)
         self.tracker.client.set_tag(run_id, "stop_reason", f"failed: {message}"[:5000])
         self.tracker.finish(run_id, "FAILED")
+
+
+def _error_line(trial) -> str:
+    """The last line of a trial's error (e.g. "NonFiniteLossError: loss is nan at epoch 0 step 3").
+
+    Tune writes the error to the trial's driver-side folder first and syncs it to storage later, so the
+    local file is read before `Trial.get_error()` (which reads storage).
+    """
+    text = ""
+    error_file = getattr(trial, "error_file", None)
+    if error_file and os.path.isfile(error_file):
+        with open(error_file, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    if not text.strip():
+        text = str(trial.get_error() or "")
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
