@@ -95,6 +95,8 @@ def _run(experiment: ExperimentConfig, paths: dict[str, str], num_classes: int, 
             print("\ninterrupted: the state is saved; continue with\n  python -m platform.tune <yaml> --resume",
                   flush=True)
             return 130
+        if resume:
+            _retire_orphans(results, tracker, experiment, paths)
         rows = _result_rows(results, arms)
         summary = _summarise(experiment, paths, rows, tracker, parent)
         if write_report:
@@ -110,6 +112,26 @@ def _run(experiment: ExperimentConfig, paths: dict[str, str], num_classes: int, 
     except BaseException:
         tracker.finish(parent, "FAILED")
         raise
+
+
+def _retire_orphans(results, tracker, experiment: ExperimentConfig, paths: dict[str, str]) -> None:
+    """After a resume from a hard kill: trials started after Tune's last state snapshot were run again under
+    new ids. Their first, abandoned records are retired so each planned trial is counted once: the MLflow
+    run is deleted (MLflow keeps it restorable, tagged `orphaned`) and the Optuna trial marked FAIL."""
+    known = {trial.trial_id for trial in results._experiment_analysis.trials}
+    query = f"tags.`bickd.experiment_dir` = '{paths['experiment_dir']}' and tags.`bickd.kind` = 'trial'"
+    for run in tracker.client.search_runs([tracker.experiment_id], filter_string=query, max_results=5000):
+        if run.data.tags.get("ray.trial_id") not in known:
+            tracker.client.set_tag(run.info.run_id, "orphaned", "started before the driver died; re-run on resume")
+            tracker.finish(run.info.run_id, "KILLED")
+            tracker.client.delete_run(run.info.run_id)
+    if experiment.search is not None:
+        import optuna
+        storage = optuna.storages.RDBStorage(paths["optuna_storage"])
+        study = optuna.load_study(study_name=experiment.name, storage=storage)
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            storage.set_trial_user_attr(trial._trial_id, "orphaned", "started before the driver died")
+            storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
 
 
 def _planned_trials(experiment: ExperimentConfig) -> int:

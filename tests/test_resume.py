@@ -84,5 +84,8 @@ def test_interrupted_driver_then_resume_completes_every_trial_once(stop, write_e
     results = pd.read_csv(os.path.join(experiment_dir, "trials.csv"))
     assert len(results) == 3 and results.trial_id.nunique() == 3 and (results.error.isna() | (results.error == "")).all()
     study = optuna.load_study(study_name="resumable", storage=f"sqlite:///{experiment_dir}/optuna.db")
-    assert len(study.trials) == 3
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3
+    # a trial the hard kill caught before Tune's last state snapshot was re-run; its first record is retired
+    assert all(t.state == optuna.trial.TrialState.FAIL and "orphaned" in t.user_attrs
+               for t in study.trials if t not in complete)
