@@ -64,7 +64,6 @@ def run_arm(arm: str, teacher_name: str, student_name: str, warmup: int, steps: 
     import torch
     import torch.nn.functional as F
 
-    from bickd.config import TrainConfig
     from bickd.data import make_batches
     from bickd.losses import BicKDLoss, KDLoss
     from bickd.teacher_cache import TeacherLogitCache, write_cache
@@ -187,8 +186,6 @@ def sweep_overhead(quick: bool) -> dict:
         experiment_id = client.get_experiment_by_name("overhead").experiment_id
         train_s = sum(m.value for run in client.search_runs([experiment_id], "tags.`bickd.kind` = 'trial'")
                       for m in client.get_metric_history(run.info.run_id, "time/train_s"))
-        parent = client.search_runs([experiment_id], "tags.`bickd.kind` = 'experiment'")[0]
-        teacher_s = (parent.info.end_time - parent.info.start_time) / 1000 if parent.info.end_time else 0
     slots = 2  # trials run two at a time on 2 CPUs: training time in wall-clock terms is train_s / slots
     return {"sweep_wall_s": wall, "sweep_train_s": train_s, "non_training_share": 1 - (train_s / slots) / wall}
 

@@ -11,10 +11,6 @@ Every trial lands in MLflow (one parent run per experiment, one nested run per t
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
-import shutil
 import sys
 from typing import Any
 

@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STDLIB_CALLS = "platform.system(), platform.machine(), platform.python_version(), platform.uname().system"
