@@ -6,9 +6,19 @@ import math
 
 import pytest
 import torch
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from bickd.losses import LOSSES, BicKDLoss, DISTLoss, DKDLoss, KDLoss, build_loss
+from bickd.losses import (
+    LOSSES,
+    BicKDLoss,
+    BicKDParams,
+    CELoss,
+    DISTLoss,
+    DKDLoss,
+    KDLoss,
+    LossParams,
+    build_loss,
+)
 
 ZS = [[1.0, -0.5], [0.2, 0.8]]   # student logits, B=2, C=2
 ZT = [[2.0, -1.0], [-0.3, 1.5]]  # teacher logits
@@ -120,10 +130,40 @@ def test_row_and_column_infonce(sim_name, sim, tau):
 def test_label_positives_use_every_same_class_row():
     qs, qt = qs_qt()
     same = [0, 0]  # both samples share a label: each row has two positives
-    total, parts = BicKDLoss(row_positives="label")(torch.tensor(ZS), torch.tensor(ZT), torch.tensor(same), epoch=100)
+    _, parts = BicKDLoss(row_positives="label")(torch.tensor(ZS), torch.tensor(ZT), torch.tensor(same), epoch=100)
     assert float(parts["row"]) == pytest.approx(nce(scores(qs, qt, cos, 0.1), [[0, 1], [0, 1]]), rel=1e-5)
     _, index = BicKDLoss(row_positives="index")(torch.tensor(ZS), torch.tensor(ZT), torch.tensor(same), epoch=100)
     assert float(index["row"]) != pytest.approx(float(parts["row"]))
+
+
+def test_label_positives_with_mixed_labels():
+    zs3 = [[1.0, -0.5, 0.3], [0.2, 0.8, -1.0], [-0.7, 0.1, 1.2]]
+    zt3 = [[2.0, -1.0, 0.0], [1.1, 0.4, -0.6], [-0.3, -0.2, 1.5]]
+    qs, qt = [softmax(r, 4.0) for r in zs3], [softmax(r, 4.0) for r in zt3]
+    S = scores(qs, qt, cos, 0.1)
+    # labels [0, 0, 1]: rows 0 and 1 share a class (two positives each), row 2 is alone (its own row only)
+    expected = nce(S, [[0, 1], [0, 1], [2]])
+    # written out for row 2, independently of `nce`: -S_22 + log(sum_j exp S_2j)
+    row2 = -S[2][2] + math.log(sum(math.exp(v) for v in S[2]))
+    assert row2 == pytest.approx(nce([S[2]], [[2]]), rel=1e-9)
+    _, p = BicKDLoss(row_positives="label")(torch.tensor(zs3), torch.tensor(zt3), torch.tensor([0, 0, 1]), epoch=100)
+    assert float(p["row"]) == pytest.approx(expected, rel=1e-5)
+    _, neg = BicKDLoss(row_positives="label", contrast="negative_only")(
+        torch.tensor(zs3), torch.tensor(zt3), torch.tensor([0, 0, 1]), epoch=100)
+    # decoupled repulsion: rows 0, 1 have the single negative 2; row 2 has negatives 0 and 1
+    assert float(neg["row"]) == pytest.approx((S[0][2] + S[1][2] + lse([S[2][0], S[2][1]])) / 3, rel=1e-5)
+
+
+def test_single_sample_row_term_is_zero_and_cos_ignores_scale():
+    # B=1, index positives: one candidate, softmax of it is 1, InfoNCE = -log 1 = 0.
+    _, p = BicKDLoss()(torch.tensor([[3.0, -2.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([1]), epoch=100)
+    assert float(p["row"]) == pytest.approx(0.0, abs=1e-6)
+    # tau scales the cosine scores: with tau -> 2*tau every score halves.
+    qs, qt = qs_qt()
+    _, a = run(BicKDLoss(tau=0.1, orthogonality=0.0))
+    _, b = run(BicKDLoss(tau=0.2, orthogonality=0.0))
+    assert b["row"] == pytest.approx(a["row"] / 2, rel=1e-5)
+    assert a["row"] == pytest.approx(-(cos(qs[0], qt[0]) + cos(qs[1], qt[1])) / 2 / 0.1, rel=1e-5)
 
 
 @pytest.mark.parametrize("orth", [0.0, 0.5, 1.0, 3.0])
@@ -188,6 +228,40 @@ def test_gradients_reach_only_the_student(name):
     assert zt.grad is None
 
 
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_parts_are_detached_float32_scalars(name):
+    zs = torch.randn(8, 5, dtype=torch.float16).requires_grad_(True)
+    total, parts = build_loss({"name": name})(zs, torch.randn(8, 5, dtype=torch.float16), torch.randint(0, 5, (8,)))
+    assert total.dim() == 0 and total.dtype == torch.float32 and total.requires_grad
+    for key, value in parts.items():
+        assert isinstance(value, torch.Tensor), key
+        assert value.dim() == 0 and value.dtype == torch.float32 and not value.requires_grad, key
+
+
+@pytest.mark.parametrize("params", [{}, {"sim": "dot", "tau": 0.005}, {"symmetric": True, "row_positives": "label"}])
+def test_autocast_does_not_lower_the_precision(params):
+    torch.manual_seed(1)
+    zs, zt, y = torch.randn(32, 20) * 3, torch.randn(32, 20) * 3, torch.randint(0, 20, (32,))
+    loss = BicKDLoss(**params)
+    total, ref = loss(zs, zt, y, epoch=30)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        total_ac, got = loss(zs, zt, y, epoch=30)
+    assert total_ac.dtype == torch.float32
+    assert float(total_ac) == pytest.approx(float(total), rel=1e-6)
+    for key in ref:
+        assert got[key].dtype == torch.float32
+        assert float(got[key]) == pytest.approx(float(ref[key]), rel=1e-6, abs=1e-7), key
+
+
+def test_ce_runs_without_a_teacher():
+    loss = CELoss()
+    total, parts = loss(torch.tensor(ZS), None, torch.tensor(LABELS))
+    assert float(total) == pytest.approx(ce_ref(), rel=1e-6) and set(parts) == {"ce"}
+    assert not loss.needs_teacher and all(LOSSES[n].needs_teacher for n in LOSSES if n != "ce")
+    with pytest.raises(ValueError, match="teacher"):
+        KDLoss()(torch.tensor(ZS), None, torch.tensor(LABELS))
+
+
 CASES = {
     "extreme": (torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 5.0]]), torch.tensor([[-1e4, 1e4, 0.0], [1e4, 0.0, -1e4]]),
                 torch.tensor([0, 1])),
@@ -225,7 +299,7 @@ def test_dkd_and_dist_vanish_when_student_equals_teacher():
 
 def test_dkd_parts_match_hand_computation():
     T = 4.0
-    total, p = run(DKDLoss(T=T, warmup_epochs=0))
+    _, p = run(DKDLoss(T=T, warmup_epochs=0))
     tckd = nckd = 0.0
     for s, t, y in zip(ZS, ZT, LABELS):
         ps, pt = softmax(s, T), softmax(t, T)
@@ -236,10 +310,73 @@ def test_dkd_parts_match_hand_computation():
     assert p["nckd"] == pytest.approx(nckd, abs=1e-6)
 
 
-# ---------- validation ----------
-@pytest.mark.parametrize("cls, bad, field", [(BicKDLoss, {"tau": -1}, "tau"), (BicKDLoss, {"T": 0}, "T"),
-                                             (BicKDLoss, {"sim": "l2"}, "sim"), (BicKDLoss, {"tua": 0.1}, "tua"),
-                                             (KDLoss, {"w_kl": -0.5}, "w_kl"), (DKDLoss, {"beta": -1}, "beta")])
+ZS3 = [[1.0, -0.5, 0.3], [0.2, 0.8, -1.0], [-0.7, 0.1, 1.2]]  # B=3, C=3
+ZT3 = [[2.0, -1.0, 0.0], [1.1, 0.4, -0.6], [-0.3, -0.2, 1.5]]
+Y3 = [0, 2, 1]
+
+
+def test_dkd_non_target_part_matches_hand_computation():
+    T = 2.0
+    total, p = DKDLoss(T=T, w_ce=0.5, alpha=1.5, beta=3.0, warmup_epochs=10)(
+        torch.tensor(ZS3), torch.tensor(ZT3), torch.tensor(Y3), epoch=5.0)
+    tckd = nckd = 0.0
+    for s_row, t_row, y in zip(ZS3, ZT3, Y3):
+        ps, pt = softmax(s_row, T), softmax(t_row, T)
+        tckd += pt[y] * math.log(pt[y] / ps[y]) + (1 - pt[y]) * math.log((1 - pt[y]) / (1 - ps[y]))
+        rest_s = softmax([v for c, v in enumerate(s_row) if c != y], T)
+        rest_t = softmax([v for c, v in enumerate(t_row) if c != y], T)
+        nckd += sum(q * math.log(q / r) for r, q in zip(rest_s, rest_t))
+    tckd, nckd = tckd / 3 * T * T, nckd / 3 * T * T
+    ce = sum(-math.log(softmax(r)[y]) for r, y in zip(ZS3, Y3)) / 3
+    assert p["tckd"] == pytest.approx(tckd, rel=1e-5) and p["nckd"] == pytest.approx(nckd, rel=1e-5)
+    assert float(total) == pytest.approx(0.5 * ce + 0.5 * (1.5 * tckd + 3.0 * nckd), rel=1e-5)
+
+
+def pearson(a, b):
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    num = sum((x - ma) * (y - mb) for x, y in zip(a, b))
+    return num / math.sqrt(sum((x - ma) ** 2 for x in a) * sum((y - mb) ** 2 for y in b))
+
+
+def test_dist_matches_hand_computation():
+    tau = 2.0
+    total, p = DISTLoss(tau=tau, w_ce=1.0, beta=1.5, gamma=0.5)(torch.tensor(ZS3), torch.tensor(ZT3), torch.tensor(Y3))
+    ys, yt = [softmax(r, tau) for r in ZS3], [softmax(r, tau) for r in ZT3]
+    inter = tau ** 2 * sum(1 - pearson(a, b) for a, b in zip(ys, yt)) / 3
+    intra = tau ** 2 * sum(1 - pearson(a, b) for a, b in zip(columns(ys), columns(yt))) / 3
+    ce = sum(-math.log(softmax(r)[y]) for r, y in zip(ZS3, Y3)) / 3
+    assert float(p["inter"]) == pytest.approx(inter, rel=1e-5)
+    assert float(p["intra"]) == pytest.approx(intra, rel=1e-5)
+    assert float(total) == pytest.approx(ce + 1.5 * inter + 0.5 * intra, rel=1e-5)
+
+
+def test_dkd_ramp_scales_only_the_distillation_part():
+    z = (torch.tensor(ZS3), torch.tensor(ZT3), torch.tensor(Y3))
+    at0, p = DKDLoss(warmup_epochs=20)(*z, epoch=0.0)
+    assert float(at0) == pytest.approx(float(p["ce"]), rel=1e-6)
+    half, p = DKDLoss(warmup_epochs=20)(*z, epoch=10.0)
+    assert float(half) == pytest.approx(float(p["ce"]) + 0.5 * (float(p["tckd"]) + 8 * float(p["nckd"])), rel=1e-6)
+
+
+# ---------- construction and validation ----------
+def test_build_loss_from_dict_and_from_params():
+    loss = build_loss({"name": "bickd", "tau": 0.2, "sim": "dot"})
+    assert isinstance(loss, BicKDLoss) and loss.params.tau == 0.2 and loss.params.sim == "dot"
+    params = TypeAdapter(LossParams).validate_python({"name": "dkd", "beta": 2.0})
+    assert isinstance(build_loss(params), DKDLoss) and build_loss(params).params.beta == 2.0
+    assert isinstance(build_loss(BicKDParams(w_bc=0.5)), BicKDLoss)
+    assert BicKDLoss().params.Tb is None and BicKDLoss().params.warmup_epochs == 20
+    with pytest.raises(ValidationError):
+        build_loss({"name": "crd"})
+    with pytest.raises(ValidationError, match="beta"):
+        build_loss({"name": "kd", "beta": 8.0})  # a DKD key is not a KD key
+@pytest.mark.parametrize("cls, bad, field", [
+    (BicKDLoss, {"tau": -1}, "tau"), (BicKDLoss, {"T": 0}, "T"), (BicKDLoss, {"Tb": -2.0}, "Tb"),
+    (BicKDLoss, {"sim": "l2"}, "sim"), (BicKDLoss, {"contrast": "both"}, "contrast"),
+    (BicKDLoss, {"row_positives": "class"}, "row_positives"), (BicKDLoss, {"tua": 0.1}, "tua"),
+    (BicKDLoss, {"w_bc": -0.1}, "w_bc"), (BicKDLoss, {"warmup_epochs": -1}, "warmup_epochs"),
+    (KDLoss, {"w_kl": -0.5}, "w_kl"), (KDLoss, {"T": -4}, "T"), (DKDLoss, {"beta": -1}, "beta"),
+    (DISTLoss, {"tau": 0}, "tau"), (CELoss, {"T": 4}, "T")])
 def test_bad_parameters_are_refused_by_name(cls, bad, field):
     with pytest.raises(ValidationError, match=field):
         cls(**bad)

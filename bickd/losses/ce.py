@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 
-from bickd.losses.base import DistillationLoss
+from bickd.losses.base import DistillationLoss, Parts
 from bickd.schema import StrictModel
 
 
@@ -15,8 +16,9 @@ class CEParams(StrictModel):
 
 class CELoss(DistillationLoss):
     Params = CEParams
-    needs_teacher = False
+    needs_teacher = False  # teacher logits may be None; the run skips the teacher entirely
 
-    def forward(self, student_logits, teacher_logits, labels, epoch: float = 0.0):
-        ce = F.cross_entropy(student_logits.float(), labels)
+    def compute(self, zs: torch.Tensor, zt: torch.Tensor | None, labels: torch.Tensor,
+                epoch: float) -> tuple[torch.Tensor, Parts]:
+        ce = F.cross_entropy(zs, labels)
         return ce, {"ce": ce.detach()}

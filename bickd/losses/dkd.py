@@ -1,4 +1,5 @@
-"""DKD (Zhao et al., CVPR 2022): KD decoupled into target-class (TCKD) and non-target-class (NCKD) parts."""
+"""DKD (Zhao et al., CVPR 2022): KD decoupled into target-class (TCKD) and non-target-class (NCKD) parts,
+as in mdistiller: total = w_ce*CE + ramp(epoch) * (alpha*TCKD + beta*NCKD)."""
 from __future__ import annotations
 
 from typing import Literal
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from bickd.losses.base import DistillationLoss, linear_ramp
+from bickd.losses.base import DistillationLoss, Parts, linear_ramp
 from bickd.schema import StrictModel
 
 _MASKED = -1e9  # finite, so 0 * (masked - masked) stays 0 instead of NaN
@@ -30,21 +31,29 @@ def _binary_log_probs(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return torch.stack([target_logit - log_z, others - log_z], dim=1)
 
 
+def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of KL(p || q) from log-probabilities."""
+    return (log_p.exp() * (log_p - log_q)).sum(1).mean()
+
+
 class DKDLoss(DistillationLoss):
+    """Parts: ce, tckd, nckd (unweighted, T^2 included as in mdistiller)."""
+
     Params = DKDParams
 
-    def forward(self, student_logits, teacher_logits, labels, epoch: float = 0.0):
+    def compute(self, zs: torch.Tensor, zt: torch.Tensor, labels: torch.Tensor,
+                epoch: float) -> tuple[torch.Tensor, Parts]:
         p = self.params
-        zs, zt = student_logits.float() / p.T, teacher_logits.detach().float() / p.T
-        ce = F.cross_entropy(student_logits.float(), labels)
         if zs.shape[1] < 2:
             raise ValueError("DKD needs at least 2 classes")
-        bs, bt = _binary_log_probs(zs, labels), _binary_log_probs(zt, labels)
-        tckd = (bt.exp() * (bt - bs)).sum(1).mean() * p.T ** 2
-        gt = F.one_hot(labels, zs.shape[1]).bool()
-        ls_nt = F.log_softmax(zs.masked_fill(gt, _MASKED), dim=1)
-        lt_nt = F.log_softmax(zt.masked_fill(gt, _MASKED), dim=1)
-        nckd = (lt_nt.exp() * (lt_nt - ls_nt)).sum(1).mean() * p.T ** 2
+        ce = F.cross_entropy(zs, labels)
+        zs, zt = zs / p.T, zt / p.T
+        # TCKD: KL of the binary (target, rest) distributions.
+        tckd = _kl(_binary_log_probs(zt, labels), _binary_log_probs(zs, labels)) * p.T ** 2
+        # NCKD: KL of the distributions over the non-target classes (target logit masked out).
+        target = F.one_hot(labels, zs.shape[1]).bool()
+        nckd = _kl(F.log_softmax(zt.masked_fill(target, _MASKED), dim=1),
+                   F.log_softmax(zs.masked_fill(target, _MASKED), dim=1)) * p.T ** 2
         ramp = linear_ramp(epoch, p.warmup_epochs)
         total = p.w_ce * ce + ramp * (p.alpha * tckd + p.beta * nckd)
         return total, {"ce": ce.detach(), "tckd": tckd.detach(), "nckd": nckd.detach()}

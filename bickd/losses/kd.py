@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from bickd.losses.base import DistillationLoss
+from bickd.losses.base import DistillationLoss, Parts
 from bickd.schema import StrictModel
 
 
@@ -29,9 +29,9 @@ def kl_at_temperature(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 class KDLoss(DistillationLoss):
     Params = KDParams
 
-    def forward(self, student_logits, teacher_logits, labels, epoch: float = 0.0):
+    def compute(self, zs: torch.Tensor, zt: torch.Tensor, labels: torch.Tensor,
+                epoch: float) -> tuple[torch.Tensor, Parts]:
         p = self.params
-        zs, zt = student_logits.float(), teacher_logits.detach().float()
         ce = F.cross_entropy(zs, labels)
         kl = kl_at_temperature(zs, zt, p.T)
         total = p.w_ce * ce + p.w_kl * kl
