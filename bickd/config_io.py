@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import types
 import typing
 from typing import Any
 
@@ -111,7 +112,7 @@ def _unwrap(tp: Any) -> Any:
     while typing.get_origin(tp) is typing.Annotated:
         tp = typing.get_args(tp)[0]
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
         models = [a for a in args if _model_fields(a) is not None]
         return models[0] if len(models) == 1 else tuple(models) or None
     return tp

@@ -41,7 +41,7 @@ def train_epoch(student: torch.nn.Module, loss_fn: torch.nn.Module, batches: Ite
     """
     student.train()
     sums: dict[str, torch.Tensor] = {}
-    correct = torch.zeros((), dtype=torch.long)
+    correct: torch.Tensor | int = 0
     seen = steps = 0
     for step, (images, labels, indices) in enumerate(batches):
         teacher_logits = teacher(images, indices, epoch) if teacher is not None else None
@@ -55,7 +55,7 @@ def train_epoch(student: torch.nn.Module, loss_fn: torch.nn.Module, batches: Ite
         optimizer.step()
         for name, value in {"loss": total.detach(), **parts}.items():
             sums[name] = sums.get(name, 0) + value.detach().float()
-        correct = correct.to(labels.device) + (student_logits.argmax(1) == labels).sum()
+        correct = correct + (student_logits.argmax(1) == labels).sum()  # stays on the device
         seen += labels.numel()
         steps += 1
     means = {name: float(value) / max(steps, 1) for name, value in sums.items()}

@@ -70,7 +70,7 @@ class SearchConfig(StrictModel):
     def _conditions_name_earlier_choices(self) -> SearchConfig:
         names = list(self.space)
         for position, (name, param) in enumerate(self.space.items()):
-            for other, allowed in (param.when or {}).items():
+            for other in param.when or {}:
                 if other not in names[:position]:
                     raise ValueError(f"space.{name}.when names '{other}', which is not a parameter listed "
                                      f"before it; conditions may name: {', '.join(names[:position]) or 'nothing'}")
