@@ -17,6 +17,7 @@ from typing import Any
 from bickd.config_io import ConfigError
 from bickd.train import parse_overrides
 from platform.experiment import ExperimentConfig, default_paths, load_experiment
+from platform.ray_env import use_loopback
 
 EXIT_CONFIG = 2
 
@@ -107,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print("dry run: configuration is valid; nothing was created")
         return 0
+    if args.address is None:
+        use_loopback()  # before anything imports Ray: a private local instance needs no outward address
     from platform.runner import run_experiment
     try:
         return run_experiment(experiment, paths, address=args.address, num_cpus=args.num_cpus,

@@ -17,7 +17,9 @@ from mlflow.tracking import MlflowClient
 from platform.tracking import TAG_KIND
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "PYTHONPATH": REPO, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+# A real multi-node cluster: the loopback-only switch the other tests set would refuse the second node.
+ENV = {**os.environ, "PYTHONPATH": REPO, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+       "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(480)]
 
