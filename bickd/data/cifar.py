@@ -12,9 +12,10 @@ import json
 import os
 import pickle
 
+import functools
+
 import numpy as np
 import torch
-from torchvision.datasets import CIFAR100
 
 from bickd.data.registry import register_dataset
 from bickd.data.types import AugmentSpec, DataError, ImageData
@@ -25,14 +26,27 @@ FOLDER = "cifar-100-python"
 MANIFEST = "bickd-manifest.json"
 
 
-class LocalCIFAR100(CIFAR100):
-    """torchvision's CIFAR100, checking a locally written set against the MD5s recorded when it was written."""
+# torchvision is imported on first use, not with this module: `import torchvision.datasets` pulls in
+# torch._dynamo (2.4 s of a 7 s `import bickd.run` on a 2-core machine), paid by every trial process.
+@functools.cache
+def _local_cifar100_class():
+    from torchvision.datasets import CIFAR100
 
-    def __init__(self, root: str, train: bool, md5: dict[str, str]):
-        self.train_list = [["train", md5["train"]]]
-        self.test_list = [["test", md5["test"]]]
-        self.meta = {**CIFAR100.meta, "md5": md5["meta"]}
-        super().__init__(root, train=train, download=False)
+    class LocalCIFAR100(CIFAR100):
+        """torchvision's CIFAR100, checking a locally written set against the MD5s recorded when it was written."""
+
+        def __init__(self, root: str, train: bool, md5: dict[str, str]):
+            self.train_list = [["train", md5["train"]]]
+            self.test_list = [["test", md5["test"]]]
+            self.meta = {**CIFAR100.meta, "md5": md5["meta"]}
+            super().__init__(root, train=train, download=False)
+    return LocalCIFAR100
+
+
+def __getattr__(name: str):
+    if name == "LocalCIFAR100":  # `from bickd.data.cifar import LocalCIFAR100` still works
+        return _local_cifar100_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _md5(path: str) -> str:
@@ -40,12 +54,14 @@ def _md5(path: str) -> str:
         return hashlib.file_digest(handle, "md5").hexdigest()
 
 
-def _open(root: str, train: bool, download: bool) -> CIFAR100:
+def _open(root: str, train: bool, download: bool):
+    from torchvision.datasets import CIFAR100
+
     manifest = os.path.join(root, FOLDER, MANIFEST)
     try:
         if os.path.exists(manifest):
             with open(manifest, encoding="utf-8") as handle:
-                return LocalCIFAR100(root, train, json.load(handle)["md5"])
+                return _local_cifar100_class()(root, train, json.load(handle)["md5"])
         return CIFAR100(root, train=train, download=download)
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
         raise DataError(f"CIFAR-100 not found or corrupted in {os.path.join(root, FOLDER)} ({err}); "

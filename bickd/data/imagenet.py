@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import os
 
-from torchvision import datasets, transforms
-
 from bickd.data.registry import register_dataset
 from bickd.data.types import DataError, FolderData
 
@@ -18,6 +16,8 @@ def load_imagenet(root=None, download=False, image_size=None, seed=0) -> FolderD
         raise DataError("data.root is required for imagenet (the folder holding train/ and val/)")
     if download:
         raise DataError("imagenet cannot be downloaded automatically (licence); set download: false")
+    from torchvision import datasets, transforms  # not at import: it costs every process seconds (see cifar.py)
+
     size = image_size or 224
     folders = {split: os.path.join(root, split) for split in ("train", "val")}
     for split, folder in folders.items():
