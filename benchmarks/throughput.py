@@ -205,6 +205,18 @@ def sweep_overhead(quick: bool) -> dict:
             "epochs": experiment["recipe"]["epochs"]}
 
 
+def _cpu_name() -> str:
+    """The CPU model (figures differ by a factor of two between 2-core machines of different models)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return stdlib_platform.processor() or stdlib_platform.machine()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -221,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     import torch
-    print(f"machine: {stdlib_platform.processor() or stdlib_platform.machine()}, {os.cpu_count()} CPUs, "
+    print(f"machine: {_cpu_name()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32, channels_last, batch {args.batch}; "
           f"{args.teacher} -> {args.student}", flush=True)
     results = {}
