@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +14,14 @@ from torchvision.datasets import CIFAR100
 
 from bickd.data import AugmentSpec, DataError, augment_batch, load_dataset, make_batches
 from bickd.data.cifar import write_cifar100
+
+
+def test_importing_the_training_code_leaves_torchvision_out():
+    # torchvision pulls in torch._dynamo (seconds per trial process); bickd imports it only where used
+    code = "import sys, bickd.run, platform.trial; print('torchvision' in sys.modules)"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split()[-1:] == ["False"], out.stderr[-2000:]
 
 
 def _random_cifar(tmp_path, n_train=50, n_test=20, seed=0):

@@ -7,12 +7,11 @@ official archive; a locally written set records its own files' MD5s in `bickd-ma
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import pickle
-
-import functools
 
 import numpy as np
 import torch
