@@ -56,7 +56,7 @@ def build_teacher(cfg: TrainConfig, num_classes: int, device: torch.device,
 
 def fit(cfg: TrainConfig, report: Report = print_report, resume: dict[str, Any] | None = None,
         device: torch.device | str | None = None, teacher_fn: engine.TeacherFn | None = None,
-        teacher_state: dict[str, torch.Tensor] | None = None, checkpoint_every: int = 1) -> Metrics:
+        teacher_state: dict[str, torch.Tensor] | None = None) -> Metrics:
     """Trains `cfg.student` under `cfg.loss`; returns the last reported metrics.
 
     `resume` is a checkpoint dict this function reported earlier: training continues after its epoch.
@@ -99,6 +99,7 @@ def fit(cfg: TrainConfig, report: Report = print_report, resume: dict[str, Any] 
 
     metrics: Metrics = {}
     check_every = 1 if device.type == "cpu" else 20
+    last_saved = time.monotonic()
     for epoch in range(start_epoch, cfg.recipe.epochs):
         lr = set_lr(optimizer, cfg.recipe, epoch)
         started = time.perf_counter()
@@ -114,7 +115,9 @@ def fit(cfg: TrainConfig, report: Report = print_report, resume: dict[str, Any] 
             best = max(best, test["top1"])
             metrics.update({f"test/{k}": v for k, v in test.items()}, **{"test/top1_best": best})
         state = None
-        if rank == 0 and (last or (epoch + 1) % checkpoint_every == 0):
+        # Saving every 1-second epoch made Tune snapshot its experiment state every other epoch.
+        if rank == 0 and (last or time.monotonic() - last_saved >= cfg.runtime.checkpoint_every_s):
+            last_saved = time.monotonic()
             # A snapshot on the CPU: training goes on mutating the live tensors after report() returns.
             state = {"student": {k: v.detach().to("cpu", copy=True) for k, v in student.state_dict().items()},
                      "optimizer": copy.deepcopy(optimizer.state_dict()),

@@ -58,7 +58,7 @@ def test_cpu_runs_repeat_exactly(teacher_state):
 
 
 def test_resume_continues_from_the_checkpoint(teacher_state):
-    config = TrainConfig.model_validate(BASE)
+    config = TrainConfig.model_validate({**BASE, "runtime": {**BASE["runtime"], "checkpoint_every_s": 0}})
     states = []
     full = fit(config, report=lambda m, s: states.append(s), teacher_state=teacher_state)
     after_two = states[1]
@@ -68,6 +68,15 @@ def test_resume_continues_from_the_checkpoint(teacher_state):
     assert [m["epoch"] for m in resumed_reports] == [3]
     assert resumed["train/loss"] == pytest.approx(full["train/loss"], rel=1e-5)
     assert resumed["test/top1"] == pytest.approx(full["test/top1"], abs=1e-6)
+
+
+@pytest.mark.parametrize("every_s, saved_epochs", [(0, [0, 1, 2]), (3600, [2])])
+def test_checkpoints_follow_the_interval_and_the_last_epoch_always_has_one(teacher_state, every_s, saved_epochs):
+    config = TrainConfig.model_validate({**BASE, "runtime": {**BASE["runtime"], "checkpoint_every_s": every_s}})
+    states = []
+    fit(config, report=lambda m, s: states.append(s), teacher_state=teacher_state)
+    assert len(states) == 3  # every epoch is reported; only some carry a checkpoint
+    assert [s["epoch"] for s in states if s is not None] == saved_epochs
 
 
 def test_non_finite_loss_stops_the_run(teacher_state):
