@@ -173,7 +173,7 @@ def sweep_overhead(quick: bool) -> dict:
             "teacher": {"model": "resnet8", "recipe": {"epochs": 1, "schedule": "constant"}},
             "student": {"model": "resnet8"}, "recipe": {"epochs": 3 if quick else 20, "schedule": "cosine"},
             "loss": {"name": "bickd", "warmup_epochs": 1},
-            "runtime": {"device": "cpu", "channels_last": False, "threads": 1},
+            "runtime": {"device": "cpu", "channels_last": False, "threads": 1, "checkpoint_every_s": 60},
             "teacher_cache": {"enabled": True, "epochs": 2},
             "search": {"num_samples": 4, "space": {"loss.tau": {"loguniform": [0.05, 0.5]}}},
             "scheduler": {"type": "none"}, "resources": {"cpus_per_trial": 1, "max_failures": 0},

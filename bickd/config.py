@@ -85,8 +85,8 @@ class RuntimeConfig(StrictModel):
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
     eval_every: int = Field(1, ge=1, description="evaluate on the test set every N epochs (and at the end)")
     checkpoint_every_s: float = Field(
-        60.0, ge=0, description="checkpoint at most this often, in seconds (0: every epoch); the last epoch "
-        "always is. A crash loses at most this much training; short epochs are not slowed by saving each")
+        0.0, ge=0, description="seconds between checkpoints (0: every epoch); the last epoch always has one. "
+        "A crash loses at most this much training; runs of second-long epochs set e.g. 30")
 
 
 class TeacherCacheConfig(StrictModel):

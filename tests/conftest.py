@@ -36,8 +36,7 @@ TINY = {
     "student": {"model": "resnet8"},
     "recipe": {"epochs": 2, "batch_size": 64, "lr": 0.05, "schedule": "cosine"},
     "loss": {"name": "bickd", "warmup_epochs": 1},
-    # checkpoint every epoch: the resume and killed-trial tests need checkpoints from 1-second epochs
-    "runtime": {"device": "cpu", "channels_last": False, "threads": 1, "checkpoint_every_s": 0},
+    "runtime": {"device": "cpu", "channels_last": False, "threads": 1},  # a checkpoint every epoch (default)
     "resources": {"cpus_per_trial": 1, "max_failures": 0},
 }
 
