@@ -4,7 +4,8 @@ Two ways to run the same training function, chosen by `resources.num_workers` in
 - 0: inside the Tune trial itself (cheap to start; one device);
 - N: a Ray Train `TorchTrainer` with N DDP workers launched from the trial (the Train-in-Tune pattern
   Ray 2.60 supports), its metrics forwarded to Tune by `TuneReportCallback`.
-Both checkpoint every epoch (or at most every `runtime.checkpoint_every_s`, and always the last) and resume from the last checkpoint when Tune restarts the trial.
+Both checkpoint every epoch (or at most every `runtime.checkpoint_every_s`, and always the last) and
+resume from the last checkpoint when Tune restarts the trial.
 """
 from __future__ import annotations
 

@@ -13,7 +13,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # Local instances on 127.0.0.1, as `python -m platform.tune` starts them (platform/ray_env.py says why); set
 # before any test module imports Ray, which reads it once.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+from platform.ray_env import use_loopback  # noqa: E402  (imports no Ray)
+
+use_loopback()
 
 
 @pytest.fixture(scope="module")
