@@ -55,9 +55,36 @@ class DefineByRun:
                 chosen[name] = _suggest(trial, name, param)
 
 
+class ResumableOptunaSearch(OptunaSearch):
+    """OptunaSearch that survives `--resume` from a snapshot older than its study.
+
+    The study (SQLite) is written the moment a trial ends; Tune pickles the searcher into its experiment
+    state only every so often. After a hard kill in between, the resumed experiment re-runs that trial from
+    its last checkpoint and reports to an Optuna trial the study has already finished: Optuna raises
+    UpdateFinishedTrialError and the whole sweep stopped. The study's first record is kept instead.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._finished_in_study: set[str] = set()
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._finished_in_study:
+            return
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._finished_in_study.add(trial_id)
+            self._completed_trials.add(trial_id)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self._finished_in_study:
+            super().on_trial_complete(trial_id, result, error)
+
+
 def build_searcher(search: SearchConfig, storage_url: str, study_name: str) -> OptunaSearch:
     """Optuna search whose study lives in an RDB (SQLite) file, inspectable after the run."""
-    return OptunaSearch(
+    return ResumableOptunaSearch(
         space=DefineByRun(search),
         metric=search.metric,
         mode=search.mode,
