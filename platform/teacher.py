@@ -42,31 +42,51 @@ def load_teacher_state(model_name: str, num_classes: int, path: str) -> dict[str
     return model.state_dict()
 
 
-def prepare_teacher(experiment: ExperimentConfig, checkpoint_path: str, num_classes: int, tracker: Tracker,
-                    parent_run_id: str) -> dict[str, torch.Tensor] | None:
-    """The teacher's weights, from teacher.checkpoint, the experiment's saved copy, or a fresh training."""
-    if experiment.teacher is None:
-        return None
-    base = experiment.base_train_config()
-    options = _remote_options(experiment)
-    source = experiment.teacher.checkpoint or (checkpoint_path if os.path.exists(checkpoint_path) else None)
-    if source is None:
-        print(f"[teacher] training {experiment.teacher.model} "
-              f"({(experiment.teacher.recipe or experiment.recipe).epochs} epochs) before the trials", flush=True)
-        state, history = ray.get(_train.options(**options).remote(base.model_dump(mode="json")))
-        for metrics in history:
-            tracker.log_metrics(parent_run_id, {f"teacher/{k}": v for k, v in metrics.items()
-                                                if isinstance(v, float) and "/" in k}, int(metrics["epoch"]))
-        save_checkpoint(state, checkpoint_path)
-        source = checkpoint_path
-    state = load_teacher_state(experiment.teacher.model, num_classes, source)
-    metrics = ray.get(_evaluate.options(**options).remote(base.model_dump(mode="json"),
-                                                          experiment.teacher.model, state))
-    tracker.log_metrics(parent_run_id, {f"teacher/test_{k}": v for k, v in metrics.items()}, 0)
-    tracker.client.set_tag(parent_run_id, "teacher_checkpoint", source)
-    print(f"[teacher] {experiment.teacher.model} from {source}: test top-1 {metrics['top1']:.2f}%", flush=True)
-    return state
+class TeacherStage:
+    """The teacher's weights, from teacher.checkpoint, the experiment's saved copy, or a fresh training.
 
+    Started before the MLflow store is opened: the Ray task (a worker importing torch, then training or
+    evaluating) runs while the driver creates the store's tables, instead of after it.
+    """
+
+    def __init__(self, experiment: ExperimentConfig, checkpoint_path: str, num_classes: int):
+        self.experiment, self.checkpoint_path = experiment, checkpoint_path
+        self.training = self.evaluation = self.state = None
+        if experiment.teacher is None:
+            return
+        base = experiment.base_train_config().model_dump(mode="json")
+        options = _remote_options(experiment)
+        self.source = experiment.teacher.checkpoint or (checkpoint_path if os.path.exists(checkpoint_path) else None)
+        if self.source is None:
+            print(f"[teacher] training {experiment.teacher.model} "
+                  f"({(experiment.teacher.recipe or experiment.recipe).epochs} epochs) before the trials", flush=True)
+            self.training = _train.options(**options).remote(base)
+        else:
+            self.state = load_teacher_state(experiment.teacher.model, num_classes, self.source)
+            self.evaluation = _evaluate.options(**options).remote(base, experiment.teacher.model, self.state)
+
+    def finish(self, tracker: Tracker, parent_run_id: str) -> dict[str, torch.Tensor] | None:
+        """Waits for the stage, logs it to the parent run and returns the weights (None: no teacher)."""
+        if self.experiment.teacher is None:
+            return None
+        if self.training is not None:
+            state, history = ray.get(self.training)
+            for metrics in history:
+                tracker.log_metrics(parent_run_id, {f"teacher/{k}": v for k, v in metrics.items()
+                                                    if isinstance(v, float) and "/" in k}, int(metrics["epoch"]))
+            save_checkpoint(state, self.checkpoint_path)
+            self.source = self.checkpoint_path
+            self.state = state
+            # fit() evaluates after the last epoch: the weights just trained need no second evaluation
+            metrics = {k.split("/", 1)[1]: v for k, v in history[-1].items() if k.startswith("test/")}
+        else:
+            metrics = ray.get(self.evaluation)
+        tracker.log_metrics(parent_run_id, {f"teacher/test_{k}": v for k, v in metrics.items()
+                                            if k in ("top1", "top5", "loss")}, 0)
+        tracker.client.set_tag(parent_run_id, "teacher_checkpoint", self.source)
+        print(f"[teacher] {self.experiment.teacher.model} from {self.source}: test top-1 {metrics['top1']:.2f}%",
+              flush=True)
+        return self.state
 
 
 @ray.remote

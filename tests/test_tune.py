@@ -51,7 +51,16 @@ def test_search_with_asha_stops_some_trials_and_logs_everything(ray_local, write
 
     client, parents = _runs(experiment_dir, "search", "experiment")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert "teacher/test_top1" in parents[0].data.metrics
+    # The teacher was trained by this run: the accuracy logged is that of the checkpoint the trials distilled.
+    from bickd.run import evaluate_weights
+    from platform.experiment import load_experiment
+    from platform.teacher import load_teacher_state
+    checkpoint = parents[0].data.tags["teacher_checkpoint"]
+    assert checkpoint == os.path.join(experiment_dir, "teacher", "resnet8.pt")
+    evaluated = evaluate_weights(load_experiment(path).base_train_config(), "resnet8",
+                                 load_teacher_state("resnet8", 10, checkpoint))
+    assert parents[0].data.metrics["teacher/test_top1"] == pytest.approx(evaluated["top1"], abs=1e-9)
+    assert parents[0].data.metrics["teacher/test_loss"] == pytest.approx(evaluated["loss"], rel=1e-5)
     _, trials = _runs(experiment_dir, "search", "trial")
     assert len(trials) == 6
     assert {run.info.status for run in trials} == {"FINISHED"}
