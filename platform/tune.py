@@ -11,6 +11,7 @@ Every trial lands in MLflow (one parent run per experiment, one nested run per t
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from typing import Any
 
@@ -120,4 +121,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything is written and closed by now. The driver holds ~750k objects (torch, Ray, Tune, MLflow) and
+    # the cycle collections of interpreter shutdown took 3.8 s of every run on 2 cores; frozen objects are
+    # left to the OS instead (atexit handlers, Ray's shutdown among them, still run).
+    gc.freeze()
+    sys.exit(code)
