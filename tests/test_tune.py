@@ -161,3 +161,26 @@ def test_a_diverging_trial_fails_alone_with_its_reason(ray_local, write_experime
     assert by_lr[1.0e6].info.status == "FAILED"
     assert "NonFiniteLossError" in by_lr[1.0e6].data.tags["stop_reason"]
     assert "train/loss" not in by_lr[1.0e6].data.metrics  # stopped in its first epoch
+
+
+def test_a_reused_trial_process_gives_the_same_result_as_a_fresh_one(ray_local, write_experiment, tmp_path):
+    """Tune runs the second trial in the first one's process (reuse_actors): nothing may leak between them."""
+    from ray.tune import ExperimentAnalysis
+
+    path = write_experiment(
+        "reuse", recipe={"epochs": 2},
+        ablation={"seeds": [0], "reference": "first", "control": None, "arms": {"first": {}, "second": {}}},
+        resources={"cpus_per_trial": 1, "max_concurrent_trials": 1, "max_failures": 0})
+    assert tune_cli.main([path, "--no-report"]) == 0
+    experiment_dir = str(tmp_path / "experiments" / "reuse")
+    pids = {t.config["arm"]: t.last_result["pid"] for t in ExperimentAnalysis(experiment_dir).trials}
+    assert pids["first"] == pids["second"], "the second trial did not reuse the first one's process"
+    client, trials = _runs(experiment_dir, "reuse", "trial")
+    histories = {}
+    for run in trials:
+        histories[run.data.params["arm"]] = {
+            name: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, name),
+                                                     key=lambda m: m.step)]
+            for name in ("train/loss", "train/kl", "train/row", "train/col", "test/loss", "test/top1")}
+    assert len(histories["first"]["train/loss"]) == 2
+    assert histories["first"] == histories["second"]  # bit for bit, epoch by epoch
