@@ -60,25 +60,31 @@ def _timed_steps(step, batches, warmup: int, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def loss_seconds(batch: int) -> dict[str, float]:
+    """Seconds per forward+backward of the KD and BicKD losses alone, on logits (no data set, no networks)."""
+    import torch
+
+    from bickd.losses import BicKDLoss, KDLoss
+    zs = torch.randn(batch, NUM_CLASSES, requires_grad=True)
+    zt, y = torch.randn(batch, NUM_CLASSES), torch.randint(0, NUM_CLASSES, (batch,))
+    seconds = {}
+    for name, fn in (("kd", KDLoss()), ("bickd", BicKDLoss())):
+        def step(_):
+            total, _ = fn(zs, zt, y, epoch=30)
+            total.backward()
+        seconds[name] = _timed_steps(step, iter(lambda: (None,), 0), 20, 200)
+    return seconds
+
+
 def run_arm(arm: str, teacher_name: str, student_name: str, warmup: int, steps: int, batch: int) -> dict:
     import torch
     import torch.nn.functional as F
 
     from bickd.data import make_batches
-    from bickd.losses import BicKDLoss, KDLoss
+    from bickd.losses import KDLoss
     from bickd.teacher_cache import TeacherLogitCache, write_cache
 
     result = {"arm": arm}
-    if arm == "loss":  # the loss alone on logits: no data set, no networks
-        zs = torch.randn(batch, NUM_CLASSES, requires_grad=True)
-        zt, y = torch.randn(batch, NUM_CLASSES), torch.randint(0, NUM_CLASSES, (batch,))
-        for name, fn in (("kd", KDLoss()), ("bickd", BicKDLoss())):
-            def loss_step(_):
-                total, _ = fn(zs, zt, y, epoch=30)
-                total.backward()
-            result[f"{name}_s"] = _timed_steps(loss_step, iter(lambda: (None,), 0), 20, 200)
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return result
     data = _data()
     teacher, student = _models(teacher_name, student_name)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -244,23 +250,19 @@ def main(argv: list[str] | None = None) -> int:
                               "--student", args.student, "--batch", str(args.batch)] + (["--quick"] if args.quick else []),
                              cwd=REPO, capture_output=True, text=True, check=True,
                              env={**os.environ, "PYTHONPATH": REPO})
-        results[arm] = json.loads(out.stdout.strip().splitlines()[-1])
-        if "s_per_step" in results[arm]:
-            r = results[arm]
-            print(f"  ({'abcd'[('reference', 'live', 'cached', 'bound').index(arm)]}) {arm:<10} "
-                  f"{r['s_per_step'] * 1000:8.1f} ms/step  {args.batch / r['s_per_step']:7.1f} img/s  "
-                  f"peak RSS {r['peak_rss_mb']:6.0f} MB", flush=True)
-    # The loss arm runs here, after the others: logits only, and no torch threads of this process can
-    # compete with a step arm's.
-    results["loss"] = run_arm("loss", args.teacher, args.student, warmup, steps, args.batch)
+        r = results[arm] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"  ({'abcd'[('reference', 'live', 'cached', 'bound').index(arm)]}) {arm:<10} "
+              f"{r['s_per_step'] * 1000:8.1f} ms/step  {args.batch / r['s_per_step']:7.1f} img/s  "
+              f"peak RSS {r['peak_rss_mb']:6.0f} MB", flush=True)
+    # After the step arms, in this process: no torch threads of this process compete with theirs.
+    loss = loss_seconds(args.batch)
     reference, live, cached, bound = (results[a]["s_per_step"] for a in ("reference", "live", "cached", "bound"))
-    loss = results["loss"]
-    overhead = (loss["bickd_s"] - loss["kd_s"]) / cached
+    overhead = (loss["bickd"] - loss["kd"]) / cached
     print(f"  speedup live/reference {reference / live:.2f}x, cached/reference {reference / cached:.2f}x; "
           f"cached reaches {bound / cached * 100:.1f}% of the bare student step")
     # (c) can at best match (d), so (a)/(d) caps (c)/(a) on this machine whatever the cache does.
     print(f"  ceiling for cached/reference here: reference/bound = {reference / bound:.2f}x")
-    print(f"  loss only: KD {loss['kd_s'] * 1000:.2f} ms, BicKD {loss['bickd_s'] * 1000:.2f} ms per step "
+    print(f"  loss only: KD {loss['kd'] * 1000:.2f} ms, BicKD {loss['bickd'] * 1000:.2f} ms per step "
           f"(fwd+bwd, B={args.batch}, C={NUM_CLASSES}); BicKD's extra cost = {overhead * 100:.1f}% of a cached step")
     if not args.no_sweep:
         sweep = sweep_overhead(args.quick)
