@@ -113,6 +113,20 @@ class ResourcesConfig(StrictModel):
     num_workers: int = Field(0, ge=0, description="0: train inside the Tune trial; N: TorchTrainer with N DDP workers")
     max_concurrent_trials: int | None = Field(None, ge=1)
     max_failures: int = Field(2, ge=0, description="restarts of a failed trial from its last checkpoint")
+    custom_resources: dict[str, float] = Field(
+        default_factory=dict, description="extra Ray resources per trial (per DDP worker with num_workers >= 1), "
+        "e.g. {gpu1: 0.5}: steers trials to the node type that advertises them (cluster/README.md)")
+    coordinator_resources: dict[str, float] = Field(
+        default_factory=lambda: {"CPU": 0.5}, description="what the Tune trial that drives a TorchTrainer "
+        "(num_workers >= 1) asks for; e.g. {CPU: 0, coordinator: 1} to run it on a head that advertises it")
+
+    @field_validator("custom_resources", "coordinator_resources")
+    @classmethod
+    def _non_negative(cls, resources: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in resources.items() if v < 0}
+        if bad:
+            raise ValueError(f"resource amounts must be >= 0 (got {bad})")
+        return resources
 
     @model_validator(mode="after")
     def _fractional_gpus_are_single_device(self) -> ResourcesConfig:

@@ -77,7 +77,8 @@ def _run(experiment: ExperimentConfig, paths: dict[str, str], num_classes: int, 
         trainable = tune.with_parameters(
             run_trial, base=base, arms=arms, teacher_state=teacher_state, num_workers=resources.num_workers,
             cpus_per_worker=resources.cpus_per_trial, gpus_per_worker=resources.gpus_per_trial,
-            storage_path=paths["storage_path"], max_failures=resources.max_failures)
+            storage_path=paths["storage_path"], max_failures=resources.max_failures,
+            custom_resources=dict(resources.custom_resources))
         trainable = tune.with_resources(trainable, _trial_resources(experiment))
 
         def describe(point: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -157,15 +158,18 @@ def _short(value: Any) -> str:
 def _trial_resources(experiment: ExperimentConfig) -> dict[str, float]:
     resources = experiment.resources
     if resources.num_workers == 0:
-        return {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial}
-    return {"cpu": 0.5}  # the trial only drives a TorchTrainer; its workers ask for the real resources
+        return {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial,
+                "custom_resources": dict(resources.custom_resources)}
+    # The trial only drives a TorchTrainer; its workers ask for the real resources.
+    coordinator = dict(resources.coordinator_resources)
+    return {"cpu": coordinator.pop("CPU", 0.0), "gpu": coordinator.pop("GPU", 0.0), "custom_resources": coordinator}
 
 
 def _slots(experiment: ExperimentConfig, available: dict[str, float]) -> int:
     """How many trials fit at once; for TorchTrainer trials Tune cannot see the workers' needs itself."""
     r = experiment.resources
     workers = max(r.num_workers, 1)
-    need_cpu = workers * r.cpus_per_trial + (0.5 if r.num_workers else 0)
+    need_cpu = workers * r.cpus_per_trial + (r.coordinator_resources.get("CPU", 0.0) if r.num_workers else 0)
     fits = [available.get("CPU", 0) / need_cpu]
     if r.gpus_per_trial:
         fits.append(available.get("GPU", 0) / (workers * r.gpus_per_trial))

@@ -53,7 +53,8 @@ def _load_state(checkpoint) -> dict[str, Any] | None:
 
 def run_trial(point: dict[str, Any], *, base: TrainConfig, arms: dict[str, dict[str, Any]] | None,
               teacher_state: dict[str, torch.Tensor] | None, num_workers: int, cpus_per_worker: float,
-              gpus_per_worker: float, storage_path: str, max_failures: int) -> None:
+              gpus_per_worker: float, storage_path: str, max_failures: int,
+              custom_resources: dict[str, float] | None = None) -> None:
     """The Tune trainable (wrapped with `tune.with_parameters` by the driver)."""
     from ray import tune
 
@@ -66,11 +67,12 @@ def run_trial(point: dict[str, Any], *, base: TrainConfig, arms: dict[str, dict[
             teacher_state=teacher_state)
         return
     _run_torch_trainer(config, teacher_state, num_workers, cpus_per_worker, gpus_per_worker,
-                       storage_path, max_failures)
+                       storage_path, max_failures, custom_resources or {})
 
 
 def _run_torch_trainer(config: TrainConfig, teacher_state, num_workers: int, cpus_per_worker: float,
-                       gpus_per_worker: float, storage_path: str, max_failures: int) -> None:
+                       gpus_per_worker: float, storage_path: str, max_failures: int,
+                       custom_resources: dict[str, float]) -> None:
     import ray.train
     from ray import tune
     from ray.train.torch import TorchTrainer
@@ -82,7 +84,8 @@ def _run_torch_trainer(config: TrainConfig, teacher_state, num_workers: int, cpu
         train_loop_config={"config": config.model_dump(mode="json"), "teacher_state": teacher_state},
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=gpus_per_worker > 0,
-            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}),
+            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {}),
+                                  **custom_resources}),
         run_config=ray.train.RunConfig(
             # A stable name per trial: when Tune restarts the trial, Train finds its checkpoints again.
             name=f"{context.get_experiment_name()}-{context.get_trial_id()}",
