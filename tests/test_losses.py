@@ -329,7 +329,8 @@ def test_dkd_non_target_part_matches_hand_computation():
     tckd, nckd = tckd / 3 * T * T, nckd / 3 * T * T
     ce = sum(-math.log(softmax(r)[y]) for r, y in zip(ZS3, Y3)) / 3
     assert p["tckd"] == pytest.approx(tckd, rel=1e-5) and p["nckd"] == pytest.approx(nckd, rel=1e-5)
-    assert float(total) == pytest.approx(0.5 * ce + 0.5 * (1.5 * tckd + 3.0 * nckd), rel=1e-5)
+    # 0-based epoch 5 of a 10-epoch warm-up is mdistiller's epoch 6: weight 0.6
+    assert float(total) == pytest.approx(0.5 * ce + 0.6 * (1.5 * tckd + 3.0 * nckd), rel=1e-5)
 
 
 def pearson(a, b):
@@ -350,12 +351,14 @@ def test_dist_matches_hand_computation():
     assert float(total) == pytest.approx(ce + 1.5 * inter + 0.5 * intra, rel=1e-5)
 
 
-def test_dkd_ramp_scales_only_the_distillation_part():
+@pytest.mark.parametrize("epoch, weight", [(0.0, 1 / 20), (0.7, 1 / 20), (1.0, 2 / 20), (1.99, 2 / 20),
+                                           (19.0, 1.0), (20.0, 1.0), (35.5, 1.0)])
+def test_dkd_warmup_follows_mdistillers_one_based_epochs(epoch, weight):
+    """mdistiller weighs DKD by min(epoch / 20, 1) with epochs counted from 1, once per epoch: our 0-based
+    epoch 0 trains at 1/20 (not 0), epoch 19 at full weight; steps inside an epoch do not move it."""
     z = (torch.tensor(ZS3), torch.tensor(ZT3), torch.tensor(Y3))
-    at0, p = DKDLoss(warmup_epochs=20)(*z, epoch=0.0)
-    assert float(at0) == pytest.approx(float(p["ce"]), rel=1e-6)
-    half, p = DKDLoss(warmup_epochs=20)(*z, epoch=10.0)
-    assert float(half) == pytest.approx(float(p["ce"]) + 0.5 * (float(p["tckd"]) + 8 * float(p["nckd"])), rel=1e-6)
+    total, p = DKDLoss(warmup_epochs=20)(*z, epoch=epoch)
+    assert float(total) == pytest.approx(float(p["ce"]) + weight * (float(p["tckd"]) + 8 * float(p["nckd"])), rel=1e-6)
 
 
 # ---------- construction and validation ----------

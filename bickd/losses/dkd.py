@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from bickd.losses.base import DistillationLoss, Parts, linear_ramp
+from bickd.losses.base import DistillationLoss, Parts
 from bickd.schema import StrictModel
 
 _MASKED = -1e9  # finite, so 0 * (masked - masked) stays 0 instead of NaN
@@ -36,6 +36,12 @@ def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(1).mean()
 
 
+def warmup_factor(epoch: float, warmup_epochs: float) -> float:
+    """mdistiller's min(epoch / warmup, 1) with its 1-based epoch, constant within an epoch: epoch 0
+    (0-based, as our loop counts) trains at 1/warmup, epoch warmup-1 at full weight."""
+    return 1.0 if warmup_epochs == 0 else min((int(epoch) + 1) / warmup_epochs, 1.0)
+
+
 class DKDLoss(DistillationLoss):
     """Parts: ce, tckd, nckd (unweighted, T^2 included as in mdistiller)."""
 
@@ -54,6 +60,6 @@ class DKDLoss(DistillationLoss):
         target = F.one_hot(labels, zs.shape[1]).bool()
         nckd = _kl(F.log_softmax(zt.masked_fill(target, _MASKED), dim=1),
                    F.log_softmax(zs.masked_fill(target, _MASKED), dim=1)) * p.T ** 2
-        ramp = linear_ramp(epoch, p.warmup_epochs)
+        ramp = warmup_factor(epoch, p.warmup_epochs)
         total = p.w_ce * ce + ramp * (p.alpha * tckd + p.beta * nckd)
         return total, {"ce": ce.detach(), "tckd": tckd.detach(), "nckd": nckd.detach()}
