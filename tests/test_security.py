@@ -45,8 +45,26 @@ def test_servers_listen_on_loopback_only():
         if "/tests/" in path:
             continue
         text = open(path, encoding="utf-8").read()
-        for host in re.findall(r"--host[= ](\S+)", text) + re.findall(r"--dashboard-host[= ](\S+)", text):
-            assert host.strip("`'\",") in ("127.0.0.1", "localhost"), f"{path}: {host}"
+        for block in re.split(r"^```", text, flags=re.MULTILINE):
+            for host in re.findall(r"--host[= ](\S+)", block) + re.findall(r"--dashboard-host[= ](\S+)", block):
+                host = host.strip("`'\",")
+                if host == "0.0.0.0" and _cluster_internal(block):
+                    continue  # a pod serving its ClusterIP Service: unreachable from outside the Kubernetes cluster
+                assert host in ("127.0.0.1", "localhost"), f"{path}: {host}"
+
+
+def _cluster_internal(manifest: str) -> bool:
+    """A Kubernetes manifest whose only exposure is a ClusterIP Service (no LoadBalancer, NodePort, host port)."""
+    return ("kind: Service" in manifest and "type: ClusterIP" in manifest
+            and not re.search(r"LoadBalancer|NodePort|hostNetwork|hostPort|kind: Ingress", manifest))
+
+
+def test_the_cluster_internal_exception_is_narrow():
+    service = "kind: Deployment\n  mlflow server --host 0.0.0.0\n---\nkind: Service\nspec:\n  type: ClusterIP\n"
+    assert _cluster_internal(service)
+    assert not _cluster_internal(service.replace("ClusterIP", "LoadBalancer"))
+    assert not _cluster_internal(service.replace("type: ClusterIP", "type: NodePort"))
+    assert not _cluster_internal("mlflow server --host 0.0.0.0")
 
 
 def test_no_credentials_in_any_committed_file():
