@@ -9,9 +9,10 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from bickd.losses import LossParams
+from bickd.losses import LOSSES, LossParams
+from bickd.names import one_of
 from bickd.schema import StrictModel
 
 
@@ -20,15 +21,28 @@ class DataConfig(StrictModel):
     root: str | None = Field(None, description="folder holding (or receiving) the data set")
     download: bool = Field(False, description="let torchvision download CIFAR-100 into root")
     image_size: int | None = Field(None, gt=0, description="resize side for the offline sets (8..64)")
-    seed: int = Field(0, ge=0, description="seed of the split / generation of offline sets")
+    seed: int = Field(0, ge=0, description="seed of the splits (validation included) / generation of offline sets")
+    val_fraction: float | None = Field(
+        None, ge=0, lt=1, description="share of the training data held out for validation, which searches and "
+        "schedulers choose on (default: the data set's own, e.g. 0.1 for cifar100). 0: no validation split, "
+        "choices are made on test (optimistic; only for comparing with published numbers)")
     options: dict[str, int | float | str | bool | None] = Field(
-        default_factory=dict, description="data-set specific options, e.g. train_per_class")
+        default_factory=dict, description="data-set specific options, e.g. train_per_class (docs/datasets.md)")
 
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
         from bickd.data import DATASETS
-        return _one_of(name, sorted(DATASETS))
+        return one_of(name, sorted(DATASETS))
+
+    @field_validator("options")
+    @classmethod
+    def _options_of_the_dataset(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "name" not in info.data:
+            return options  # the name itself was refused
+        from bickd.data.registry import validate_options
+        validate_options(info.data["name"], options)  # pydantic reports a bad value as data.options.<key>
+        return options
 
 
 class TeacherConfig(StrictModel):
@@ -108,14 +122,37 @@ class TrainConfig(StrictModel):
     student: StudentConfig
     recipe: RecipeConfig = Field(default_factory=RecipeConfig)
     loss: LossParams = Field(default_factory=lambda: {"name": "bickd"})
+    losses: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="parameters of the other losses a trial may switch to, keyed by loss "
+        "name, e.g. {dkd: {beta: 8}}; a switched-to loss takes these and its own defaults, never `loss:`'s values")
     seed: int = Field(0, ge=0, description="seed of initialisation, shuffling and augmentation")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     teacher_cache: TeacherCacheConfig = Field(default_factory=TeacherCacheConfig)
 
+    @field_validator("losses")
+    @classmethod
+    def _each_loss_its_own_parameters(cls, losses: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from pydantic import ValidationError
+        for name, params in losses.items():
+            one_of(name, sorted(LOSSES), what="loss")
+            try:
+                LOSSES[name].Params.model_validate({**params, "name": name})
+            except ValidationError as err:
+                first = err.errors(include_url=False)[0]
+                where = ".".join(map(str, first["loc"]))
+                detail = (f"unknown key '{where}'; {name} takes: {', '.join(n for n in LOSSES[name].Params.model_fields if n != 'name')}"
+                          if first["type"] == "extra_forbidden" else f"{first['msg']} (got {first.get('input')!r})")
+                raise ValueError(f"{name}.{where}: {detail}" if first["type"] != "extra_forbidden"
+                                 else f"{name}: {detail}") from None
+        return losses
+
     @model_validator(mode="after")
-    def _teacher_when_needed(self) -> TrainConfig:
+    def _consistent(self) -> TrainConfig:
         if self.loss.name != "ce" and self.teacher is None:
             raise ValueError(f"loss '{self.loss.name}' distils from a teacher: set teacher.model")
+        if self.loss.name in self.losses:
+            raise ValueError(f"losses.{self.loss.name}: {self.loss.name} is this config's loss; "
+                             "give its parameters in the loss: section")
         return self
 
     def train_dict(self) -> dict[str, Any]:
@@ -123,23 +160,9 @@ class TrainConfig(StrictModel):
         return self.model_dump(mode="json", include=set(TrainConfig.model_fields))
 
     def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
-        """A validated copy with dotted-path overrides applied (`{"loss.tau": 0.2, "seed": 1}`).
-
-        A dict value replaces the whole section (`{"loss": {"name": "ce"}}`), so a new loss does not
-        inherit keys of the old one. Switching `loss.name` alone keeps the base loss's parameters that the
-        new loss also takes (T, w_ce, ...) and drops the others; keys given in `overrides` always stay.
-        """
-        tree = self.train_dict()
-        for path, value in overrides.items():
-            _set_path(tree, path, copy.deepcopy(value))
-        if "loss.name" in overrides and overrides["loss.name"] != self.loss.name:
-            from bickd.losses import LOSSES
-            name = overrides["loss.name"]
-            if name in LOSSES:
-                taken = set(LOSSES[name].Params.model_fields)
-                given = {p.split(".", 1)[1] for p in overrides if p.startswith("loss.")}
-                tree["loss"] = {k: v for k, v in tree["loss"].items() if k in taken or k in given}
-        return TrainConfig.model_validate(tree)
+        """A validated copy with dotted-path overrides applied (`{"loss.tau": 0.2, "seed": 1}`): see
+        `apply_overrides`."""
+        return TrainConfig.model_validate(apply_overrides(self.train_dict(), overrides))
 
     def teacher_training_config(self) -> TrainConfig:
         """The run that trains the teacher: same data and runtime, the teacher as student, plain CE."""
@@ -148,6 +171,28 @@ class TrainConfig(StrictModel):
             data=self.teacher.data or self.data, teacher=None, student=StudentConfig(model=self.teacher.model),
             recipe=self.teacher.recipe or self.recipe, loss={"name": "ce"}, seed=self.seed, runtime=self.runtime,
             teacher_cache=TeacherCacheConfig())
+
+
+def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the config `tree` with dotted-path overrides set; the one setter of the project.
+
+    A dict value replaces the whole section (`{"loss": {"name": "ce"}}`). A trial that switches its loss
+    (`loss.name`, or a `loss` dict of another name) gets that loss's own parameters: `losses.<name>` from
+    the config, then its defaults; the `loss.*` keys given in the same overrides always stay, so a
+    parameter the new loss does not take is an error, never dropped. Nothing of the old loss carries over:
+    BicKD's `tau` (an InfoNCE temperature) is not DIST's `tau` (a softmax temperature).
+    """
+    tree = copy.deepcopy(tree)
+    current = (tree.get("loss") or {}).get("name", "bickd")
+    whole = overrides.get("loss")
+    switched_to = (whole.get("name") if isinstance(whole, dict) else None) or overrides.get("loss.name")
+    for path, value in overrides.items():
+        _set_path(tree, path, copy.deepcopy(value))
+    if switched_to is not None and switched_to != current:
+        own = (tree.get("losses") or {}).pop(switched_to, {})
+        given = {path.split(".", 1)[1]: value for path, value in overrides.items() if path.startswith("loss.")}
+        tree["loss"] = {**own, **(whole if isinstance(whole, dict) else {}), **given, "name": switched_to}
+    return tree
 
 
 def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
@@ -163,18 +208,9 @@ def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _one_of(name: str, allowed: list[str]) -> str:
-    if name in allowed:
-        return name
-    import difflib
-    close = difflib.get_close_matches(name, allowed, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise ValueError(f"unknown name '{name}'{hint}; allowed: {', '.join(allowed)}")
-
-
 def _known_model_name(name: str) -> str:
     from bickd.models import MODEL_NAMES
-    return _one_of(name, list(MODEL_NAMES))
+    return one_of(name, list(MODEL_NAMES))
 
 
 TeacherConfig.model_rebuild()

@@ -2,7 +2,7 @@
 
 Every bad input (YAML syntax, unknown key, wrong type, out-of-range value) becomes a `ConfigError` whose
 message names the field, the bad value and what is allowed, e.g.
-`loss.tau: must be > 0 (got -1)` or `loss: unknown key 'tua' (did you mean 'tau'?)`.
+`loss.tau: must be > 0 (got -1)` or `loss (bickd): unknown key 'tua' (did you mean 'tau'?)`.
 """
 from __future__ import annotations
 
@@ -37,6 +37,20 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return tree
 
 
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`key.path=value` pairs of `--set`; values are parsed as YAML scalars (`0.2`, `true`, `cos`)."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set loss.tau=0.2")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {pair!r}: the value is not a YAML scalar") from None
+    return overrides
+
+
 def validate(model: type[BaseModel], tree: dict[str, Any], source: str = "config") -> Any:
     try:
         return model.model_validate(tree)
@@ -53,11 +67,12 @@ def describe(err: ValidationError, model: type[BaseModel]) -> str:
 
 
 def _describe_one(error: dict[str, Any], model: type[BaseModel]) -> str:
-    loc = _public_loc(error["loc"], model)
+    loc, tags = _public_loc(error["loc"], model)
     field = ".".join(str(part) for part in loc)
     kind, value = error["type"], error.get("input")
     if kind == "extra_forbidden":
         parent, key = ".".join(map(str, loc[:-1])) or "top level", str(loc[-1])
+        parent += f" ({tags[-1]})" if tags else ""  # e.g. "loss (kd)": which loss refused the key
         allowed = sorted(_fields_at(model, error["loc"][:-1]))
         close = difflib.get_close_matches(key, allowed, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -71,18 +86,20 @@ def _describe_one(error: dict[str, Any], model: type[BaseModel]) -> str:
     return f"{field or 'top level'}: {message}{shown}"
 
 
-def _public_loc(loc: tuple, model: type[BaseModel]) -> tuple:
-    """Drops pydantic's union-tag parts (`loss.bickd.tau` -> `loss.tau`) from an error location."""
-    public, current = [], model
+def _public_loc(loc: tuple, model: type[BaseModel]) -> tuple[tuple, list]:
+    """Drops pydantic's union-tag parts (`loss.bickd.tau` -> `loss.tau`) from an error location; returns
+    the location and the tags dropped."""
+    public, tags, current = [], [], model
     for part in loc:
         if isinstance(current, tuple):
             member = _tagged(current, part)
             if member is not None:
                 current = member
+                tags.append(part)
                 continue
         public.append(part)
         current = _field_type(current, part)
-    return tuple(public)
+    return tuple(public), tags
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:

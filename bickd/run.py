@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bickd import engine
 from bickd.config import TrainConfig
-from bickd.data import ImageData, augment_batch, load_dataset, make_batches
+from bickd.data import ImageData, augment_batch, load_data, make_batches
 from bickd.losses import build_loss
 from bickd.models import create_model, load_checkpoint
 from bickd.optim import build_optimizer, set_lr
@@ -30,7 +30,7 @@ Report = Callable[[Metrics, "dict[str, Any] | None"], None]
 
 
 def print_report(metrics: Metrics, checkpoint: dict[str, Any] | None) -> None:
-    shown = {k: metrics[k] for k in ("epoch", "train/loss", "test/top1", "test/top1_best", "lr") if k in metrics}
+    shown = {k: metrics[k] for k in ("epoch", "train/loss", "val/top1", "test/top1", "lr") if k in metrics}
     print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()), flush=True)
 
 
@@ -70,8 +70,7 @@ def fit(cfg: TrainConfig, report: Report = print_report, resume: dict[str, Any] 
     amp = lambda: autocast(cfg.runtime, device)  # noqa: E731 - a fresh context per use
     memory_format = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
 
-    data = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download,
-                        image_size=cfg.data.image_size, seed=cfg.data.seed, **cfg.data.options)
+    data = load_data(cfg.data)
     cache = cfg.teacher_cache
     batches = make_batches(data, cfg.recipe.batch_size, device, seed=cfg.seed, rank=rank,
                            world_size=world_size, channels_last=cfg.runtime.channels_last,
@@ -90,11 +89,11 @@ def fit(cfg: TrainConfig, report: Report = print_report, resume: dict[str, Any] 
             teacher_fn = engine.live_teacher(teacher, amp)
     optimizer = build_optimizer(student, cfg.recipe)
 
-    start_epoch, best = 0, 0.0
+    start_epoch, best_val = 0, 0.0
     if resume is not None:
         student.load_state_dict(resume["student"])
         optimizer.load_state_dict(resume["optimizer"])
-        start_epoch, best = resume["epoch"] + 1, resume["best_top1"]
+        start_epoch, best_val = resume["epoch"] + 1, resume.get("best_val_top1", 0.0)
     model = DistributedDataParallel(student) if world_size > 1 else student
 
     metrics: Metrics = {}
@@ -111,9 +110,9 @@ def fit(cfg: TrainConfig, report: Report = print_report, resume: dict[str, Any] 
                    **{f"train/{k}": v for k, v in train.items()}}
         last = epoch + 1 == cfg.recipe.epochs
         if last or (epoch + 1) % cfg.runtime.eval_every == 0:
-            test = engine.evaluate(student, batches.test(), amp)
-            best = max(best, test["top1"])
-            metrics.update({f"test/{k}": v for k, v in test.items()}, **{"test/top1_best": best})
+            metrics.update(evaluate_splits(student, batches, amp))
+            best_val = max(best_val, metrics["val/top1"])
+            metrics["val/top1_best"] = best_val
         state = None
         # Saving every 1-second epoch made Tune snapshot its experiment state every other epoch.
         if rank == 0 and (last or time.monotonic() - last_saved >= cfg.runtime.checkpoint_every_s):
@@ -121,9 +120,19 @@ def fit(cfg: TrainConfig, report: Report = print_report, resume: dict[str, Any] 
             # A snapshot on the CPU: training goes on mutating the live tensors after report() returns.
             state = {"student": {k: v.detach().to("cpu", copy=True) for k, v in student.state_dict().items()},
                      "optimizer": copy.deepcopy(optimizer.state_dict()),
-                     "epoch": epoch, "best_top1": best, "model": cfg.student.model}
+                     "epoch": epoch, "best_val_top1": best_val, "model": cfg.student.model}
         report(metrics, state)
     return metrics
+
+
+def evaluate_splits(model: torch.nn.Module, batches, amp) -> Metrics:
+    """`val/*` (what searches choose on) and `test/*` (reported, never chosen on) of `model`.
+
+    Without a validation split both are the test split, evaluated once: choices made on it are optimistic.
+    """
+    val = engine.evaluate(model, batches.val(), amp)
+    test = engine.evaluate(model, batches.test(), amp) if batches.has_validation else val
+    return {**{f"val/{k}": v for k, v in val.items()}, **{f"test/{k}": v for k, v in test.items()}}
 
 
 def open_teacher_cache(cfg: TrainConfig, teacher_state: dict[str, torch.Tensor]) -> TeacherLogitCache:
@@ -137,8 +146,7 @@ def build_teacher_cache(cfg: TrainConfig, teacher_state: dict[str, torch.Tensor]
                         device: torch.device | str | None = None, chunk: int = 512) -> str:
     """Runs the teacher once over `teacher_cache.epochs` augmented epochs of the training set."""
     device = resolve_device(cfg.runtime, device)
-    data = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download,
-                        image_size=cfg.data.image_size, seed=cfg.data.seed, **cfg.data.options)
+    data = load_data(cfg.data)
     if not isinstance(data, ImageData):
         raise ValueError("a teacher-logit cache needs an in-memory data set (not folder data such as imagenet)")
     teacher = build_teacher(cfg, data.num_classes, device, teacher_state).eval()
@@ -161,15 +169,13 @@ def build_teacher_cache(cfg: TrainConfig, teacher_state: dict[str, torch.Tensor]
 
 def evaluate_weights(cfg: TrainConfig, model_name: str, state: dict[str, torch.Tensor],
                      device: torch.device | str | None = None) -> Metrics:
-    """Test-set metrics of `model_name` with weights `state` on the run's data (e.g. a given teacher)."""
+    """Validation and test metrics of `model_name` with weights `state` on the run's data (e.g. a given teacher)."""
     device = resolve_device(cfg.runtime, device)
-    data = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download,
-                        image_size=cfg.data.image_size, seed=cfg.data.seed, **cfg.data.options)
-    batches = make_batches(data, cfg.recipe.batch_size, device, seed=cfg.seed,
+    batches = make_batches(load_data(cfg.data), cfg.recipe.batch_size, device, seed=cfg.seed,
                            channels_last=cfg.runtime.channels_last)
     model = create_model(model_name, batches.num_classes)
     model.load_state_dict(state)
-    return engine.evaluate(model.to(device), batches.test(), lambda: autocast(cfg.runtime, device))
+    return evaluate_splits(model.to(device), batches, lambda: autocast(cfg.runtime, device))
 
 
 def train_teacher(cfg: TrainConfig, report: Report = print_report) -> tuple[dict[str, torch.Tensor], list[Metrics]]:

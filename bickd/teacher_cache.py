@@ -43,6 +43,13 @@ def cache_key(config, teacher_state: dict[str, torch.Tensor]) -> dict[str, Any]:
             "view_epochs": config.teacher_cache.epochs, "amp": config.runtime.amp}
 
 
+def cache_folder(parent: str, key: dict[str, Any]) -> str:
+    """Where the cache of `key` lives under `parent`: one folder per distinct key, so a changed teacher,
+    data set or augmentation gets a new cache instead of a refused one."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return os.path.join(parent, f"{key['teacher_model']}-s{key['view_seed']}-e{key['view_epochs']}-{digest}")
+
+
 def _file_sha256(path: str) -> str:
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -25,7 +25,7 @@ def test_shapes_generation_is_deterministic_per_seed():
 
 
 def test_shapes100_round_trip_through_the_cifar_format(tmp_path):
-    data = load_dataset("shapes100", root=str(tmp_path), seed=1, **SMALL)
+    data = load_dataset("shapes100", root=str(tmp_path), seed=1, val_fraction=0, **SMALL)
     folder = os.path.join(cache_folder(str(tmp_path), 1, 4, 2), FOLDER)
     assert sorted(os.listdir(folder)) == ["bickd-manifest.json", "meta", "test", "train"]
     # the files are what torchvision's own CIFAR100 class reads (with the MD5s recorded at generation)
@@ -43,8 +43,9 @@ def test_shapes100_round_trip_through_the_cifar_format(tmp_path):
 
 
 def test_shapes100_is_balanced_and_has_superclasses(tmp_path):
-    data = load_dataset("shapes100", root=str(tmp_path), seed=0, **SMALL)
-    assert torch.bincount(data.train_labels, minlength=100).tolist() == [4] * 100
+    data = load_dataset("shapes100", root=str(tmp_path), seed=0, val_fraction=0.25, **SMALL)
+    assert torch.bincount(data.train_labels, minlength=100).tolist() == [3] * 100
+    assert torch.bincount(data.val_labels, minlength=100).tolist() == [1] * 100
     assert torch.bincount(data.test_labels, minlength=100).tolist() == [2] * 100
     superclass = data.meta["superclass_of_class"]
     assert len(set(superclass)) == 20
@@ -71,6 +72,11 @@ def test_digits_lowshot_counts_and_corrupted_test_copies():
     again = load_dataset("digits_lowshot", seed=0, train_per_class=7)
     assert torch.equal(again.test_images, data.test_images) and torch.equal(again.train_images, data.train_images)
     teacher_split = load_dataset("digits_lowshot", seed=0, train_per_class=None)
-    assert len(teacher_split.train_labels) == len(full.train_labels)
+    assert len(teacher_split.train_labels) == len(full.train_labels)  # the same split, validation held out
+    # validation: the held-out digits in 5 corrupted copies, like test, none of them among the training images
+    assert len(data.val_labels) == 5 * len(full.val_labels) and data.val_labels[: len(full.val_labels)].tolist() == \
+        full.val_labels.tolist()
+    clean_val = {bytes(x.numpy().tobytes()) for x in full.val_images}
+    assert not clean_val & {bytes(x.numpy().tobytes()) for x in full.train_images}
     with pytest.raises(ValueError, match="exceeds"):
         load_dataset("digits_lowshot", train_per_class=1000)

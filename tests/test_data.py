@@ -41,13 +41,42 @@ def test_cifar100_round_trip_through_torchvision(tmp_path):
     with open(tmp_path / "cifar-100-python" / "train", "rb") as handle:
         entry = pickle.load(handle, encoding="latin1")  # as torchvision reads it
     assert entry["data"].shape == (50, 3072) and len(entry["fine_labels"]) == 50
-    data = load_dataset("cifar100", root=str(tmp_path))
+    data = load_dataset("cifar100", root=str(tmp_path), val_fraction=0)
+    assert data.val_images is None
     assert torch.equal(data.train_images, torch.from_numpy(train))
     assert torch.equal(data.test_images, torch.from_numpy(test))
     assert data.train_labels.tolist() == train_y.tolist() and data.test_labels.tolist() == test_y.tolist()
     assert data.num_classes == 100 and data.class_names[3] == "class_3"
     assert data.meta["superclass_of_class"][int(train_y[0])] == int(train_y[0]) // 5
     assert data.mean == pytest.approx((0.5071, 0.4867, 0.4408))
+
+
+def test_validation_is_a_stratified_seeded_share_of_training_and_leaves_test_alone(tmp_path):
+    rng = np.random.default_rng(1)
+    train, test = rng.integers(0, 256, (400, 3, 32, 32), dtype=np.uint8), rng.integers(0, 256, (30, 3, 32, 32), dtype=np.uint8)
+    train_y, test_y = np.repeat(np.arange(100), 4), rng.integers(0, 100, 30)
+    write_cifar100(str(tmp_path), train, train_y, test, test_y, [f"c{i}" for i in range(100)])
+    data = load_dataset("cifar100", root=str(tmp_path), val_fraction=0.25, seed=3)
+    assert torch.bincount(data.val_labels, minlength=100).tolist() == [1] * 100  # stratified: one of four
+    assert torch.bincount(data.train_labels, minlength=100).tolist() == [3] * 100
+    # train and validation partition the original training images; test is untouched
+    rows = lambda images: sorted(bytes(x.numpy().tobytes()) for x in images)  # noqa: E731
+    assert rows(torch.cat([data.train_images, data.val_images])) == rows(torch.from_numpy(train))
+    assert torch.equal(data.test_images, torch.from_numpy(test))
+    assert torch.equal(load_dataset("cifar100", root=str(tmp_path), val_fraction=0.25, seed=3).val_images, data.val_images)
+    assert not torch.equal(load_dataset("cifar100", root=str(tmp_path), val_fraction=0.25, seed=4).val_images,
+                           data.val_images)
+    default = load_dataset("cifar100", root=str(tmp_path))  # cifar100's own default: 10%
+    assert len(default.val_labels) == 100 and len(default.train_labels) == 300
+
+
+def test_every_data_set_has_a_default_validation_split():
+    from bickd.data import DATASETS
+    assert all(0 < entry.val_fraction < 0.5 for entry in DATASETS.values())
+    digits, without = load_dataset("digits", seed=0), load_dataset("digits", seed=0, val_fraction=0)
+    assert len(digits.train_labels) + len(digits.val_labels) == len(without.train_labels)
+    assert torch.equal(digits.test_labels, without.test_labels) and torch.equal(digits.test_images, without.test_images)
+    assert len(digits.val_labels) == pytest.approx(0.2 * len(without.train_labels), abs=10)
 
 
 def test_cifar100_refuses_a_tampered_file(tmp_path):
@@ -74,7 +103,7 @@ def test_official_cifar_class_is_what_reads_the_files(tmp_path):
 def test_digits_split_is_stratified_and_seeded():
     a, b = load_dataset("digits", seed=0), load_dataset("digits", seed=1)
     assert a.train_images.shape[1:] == (3, 32, 32) and a.train_images.dtype == torch.uint8
-    assert len(a.train_labels) + len(a.test_labels) == 1797 and a.num_classes == 10
+    assert len(a.train_labels) + len(a.val_labels) + len(a.test_labels) == 1797 and a.num_classes == 10
     counts = torch.bincount(a.test_labels, minlength=10)
     assert counts.min() >= 70 and counts.max() <= 74  # 40% of ~180 per class
     assert torch.equal(load_dataset("digits", seed=0).train_images, a.train_images)
@@ -87,6 +116,8 @@ def test_unknown_dataset_and_option_are_named():
         load_dataset("digitz")
     with pytest.raises(ValueError, match="no option 'shots'"):
         load_dataset("digits", shots=3)
+    with pytest.raises(ValueError, match="option train_per_class: Input should be greater than or equal to 1"):
+        load_dataset("digits_lowshot", train_per_class=-31)
 
 
 SPEC = AugmentSpec(crop_padding=2, flip=True, noise_std=0.1, cutout=3)
@@ -143,5 +174,9 @@ def test_imagenet_folder_loads_and_missing_folder_is_named(tmp_path):
     batches = make_batches(data, 2, "cpu", seed=0, num_workers=0)
     images, labels, idx = next(iter(batches.train(0)))
     assert images.shape == (2, 3, 32, 32) and data.num_classes == 2
+    # one image per class held out of train/ for validation (at least one per class), with the test transforms
+    assert len(data.val) == 2 and len(data.train) == 4 and len(data.test) == 6
+    assert sorted(data.val.dataset.targets[i] for i in data.val.indices) == [0, 1]
+    assert sum(len(y) for _, y in batches.val()) == 2
     with pytest.raises(DataError, match="train folder not found"):
         load_dataset("imagenet", root=str(tmp_path / "train"))

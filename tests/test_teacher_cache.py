@@ -47,7 +47,7 @@ def test_cached_logits_equal_live_logits_for_the_same_views(cached, teacher_stat
     teacher = create_model("resnet8", 10).eval()
     teacher.load_state_dict(teacher_state)
     for epoch in (0, 1, 2, 3):  # 2 and 3 cycle back to the stored views 0 and 1
-        idx = torch.tensor([3, 500, 17, 1000, 42])
+        idx = torch.tensor([3, 500, 17, 800, 42])
         views = augment_batch(data.train_images[idx], idx, epoch % 2, 5, data.augment, data.mean, data.std)
         with torch.no_grad():
             live = teacher(views)

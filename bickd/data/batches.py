@@ -1,7 +1,7 @@
 """Batches for the training loop: in-memory tensors augmented on the device, or folder data via DataLoader.
 
-Both yield train batches as (images float normalised on the device, labels, sample indices) and test
-batches as (images, labels). Shuffling is a seeded permutation per (seed, epoch); DDP rank r of w takes
+Both yield train batches as (images float normalised on the device, labels, sample indices) and evaluation
+batches (`val()`, `test()`) as (images, labels). Without a validation split `val()` is the test split. Shuffling is a seeded permutation per (seed, epoch); DDP rank r of w takes
 every w-th sample of it, all ranks the same number of steps.
 """
 from __future__ import annotations
@@ -35,6 +35,9 @@ class TensorBatches:
         self.train_labels = data.train_labels.to(self.device)
         self.test_images = data.test_images.to(self.device)
         self.test_labels = data.test_labels.to(self.device)
+        self.has_validation = data.val_images is not None
+        self.val_images = data.val_images.to(self.device) if self.has_validation else self.test_images
+        self.val_labels = data.val_labels.to(self.device) if self.has_validation else self.test_labels
         self.num_classes = data.num_classes
         per_rank = len(data.train_labels) // world_size
         if drop_last:
@@ -62,12 +65,18 @@ class TensorBatches:
                                    self.data.augment, self.data.mean, self.data.std)
             yield images.contiguous(memory_format=self.memory_format), self.train_labels[idx], idx
 
-    def test(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        indices = torch.arange(self.rank, len(self.test_labels), self.world_size, device=self.device)
+    def _evaluation(self, images: torch.Tensor, labels: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        indices = torch.arange(self.rank, len(labels), self.world_size, device=self.device)
         for start in range(0, len(indices), self.batch_size * 4):
             idx = indices[start:start + self.batch_size * 4]
-            images = normalize(self.test_images[idx], self.data.mean, self.data.std)
-            yield images.contiguous(memory_format=self.memory_format), self.test_labels[idx]
+            batch = normalize(images[idx], self.data.mean, self.data.std)
+            yield batch.contiguous(memory_format=self.memory_format), labels[idx]
+
+    def val(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self._evaluation(self.val_images, self.val_labels)
+
+    def test(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self._evaluation(self.test_images, self.test_labels)
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -95,9 +104,12 @@ class FolderBatches:
         pin = self.device.type == "cuda"
         self.train_loader = DataLoader(_Indexed(data.train), batch_size, sampler=self.sampler, drop_last=drop_last,
                                        num_workers=num_workers, pin_memory=pin, persistent_workers=num_workers > 0)
-        test_sampler = DistributedSampler(data.test, world_size, rank, shuffle=False, drop_last=False)
-        self.test_loader = DataLoader(data.test, batch_size, sampler=test_sampler, num_workers=num_workers,
-                                      pin_memory=pin)
+        def evaluation_loader(dataset):
+            sampler = DistributedSampler(dataset, world_size, rank, shuffle=False, drop_last=False)
+            return DataLoader(dataset, batch_size, sampler=sampler, num_workers=num_workers, pin_memory=pin)
+        self.test_loader = evaluation_loader(data.test)
+        self.has_validation = data.val is not None
+        self.val_loader = evaluation_loader(data.val) if self.has_validation else self.test_loader
         self.steps_per_epoch = len(self.train_loader)
 
     def _to_device(self, images: torch.Tensor) -> torch.Tensor:
@@ -108,10 +120,16 @@ class FolderBatches:
         for images, labels, idx in self.train_loader:
             yield self._to_device(images), labels.to(self.device, non_blocking=True), idx
 
-    def test(self):
+    def _evaluation(self, loader):
         # DistributedSampler pads the last shard by repeating samples; the few repeats are accepted here.
-        for images, labels in self.test_loader:
+        for images, labels in loader:
             yield self._to_device(images), labels.to(self.device, non_blocking=True)
+
+    def val(self):
+        return self._evaluation(self.val_loader)
+
+    def test(self):
+        return self._evaluation(self.test_loader)
 
 
 def make_batches(data: ImageData | FolderData, batch_size: int, device: torch.device | str, seed: int,

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from bickd.data.registry import register_dataset
+from bickd.data.split import hold_out_validation
 from bickd.data.types import AugmentSpec, DataError, ImageData
 
 MEAN = (0.5071, 0.4867, 0.4408)
@@ -73,8 +74,8 @@ def _coarse_labels(root: str, train: bool) -> np.ndarray | None:
     return np.asarray(entry["coarse_labels"]) if "coarse_labels" in entry else None
 
 
-@register_dataset("cifar100")
-def load_cifar100(root=None, download=False, image_size=None, seed=0) -> ImageData:
+@register_dataset("cifar100", val_fraction=0.1)  # 5,000 of the 50,000 training images
+def load_cifar100(root=None, download=False, image_size=None, seed=0, val_fraction=0.0) -> ImageData:
     if root is None:
         raise DataError("data.root is required for cifar100 (the folder holding cifar-100-python/)")
     if not download and not os.path.isdir(os.path.join(root, FOLDER)):
@@ -94,11 +95,12 @@ def load_cifar100(root=None, download=False, image_size=None, seed=0) -> ImageDa
     if os.path.exists(manifest):
         with open(manifest, encoding="utf-8") as handle:
             meta.update(json.load(handle).get("meta", {}))
-    return ImageData(train_images, torch.tensor(train.targets, dtype=torch.long), test_images,
+    data = ImageData(train_images, torch.tensor(train.targets, dtype=torch.long), test_images,
                      torch.tensor(test.targets, dtype=torch.long), num_classes=len(train.classes),
                      mean=tuple(meta.get("mean", MEAN)), std=tuple(meta.get("std", STD)),
                      augment=AugmentSpec(crop_padding=max((image_size or 32) // 8, 1), flip=True),
                      class_names=tuple(train.classes), name="cifar100", meta=meta)
+    return hold_out_validation(data, val_fraction, seed)
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:

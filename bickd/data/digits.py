@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from bickd.data.registry import register_dataset
+from bickd.data.split import stratified_holdout
 from bickd.data.types import AugmentSpec, ImageData
 
 
@@ -33,15 +34,26 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(x.mean((0, 2, 3)).tolist()), tuple(x.std((0, 2, 3)).clamp_min(1e-3).tolist())
 
 
-@register_dataset("digits")
-def load_digits_dataset(root=None, download=False, image_size=None, seed=0) -> ImageData:
-    """60/40 stratified split by `seed`, upsampled to `image_size` (default 32), 3 channels."""
-    size = image_size or 32
+def digits_three_way(seed: int, val_fraction: float):
+    """(train, val, test) of the 60/40 split, validation held out of the 60% by `seed` (val may be empty)."""
     train_x, test_x, train_y, test_y = digits_split(seed)
+    keep, held = stratified_holdout(train_y, val_fraction, seed)
+    return (train_x[keep], train_y[keep]), (train_x[held], train_y[held]), (test_x, test_y)
+
+
+@register_dataset("digits", val_fraction=0.2)
+def load_digits_dataset(root=None, download=False, image_size=None, seed=0, val_fraction=0.0) -> ImageData:
+    """60/40 stratified train/test split by `seed` (validation held out of the 60%), upsampled to
+    `image_size` (default 32), 3 channels."""
+    size = image_size or 32
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = digits_three_way(seed, val_fraction)
     train_images, test_images = to_uint8_rgb(train_x, size), to_uint8_rgb(test_x, size)
     mean, std = channel_stats(train_images)
     return ImageData(train_images, torch.from_numpy(train_y).long(), test_images, torch.from_numpy(test_y).long(),
                      num_classes=10, mean=mean, std=std,
                      augment=AugmentSpec(crop_padding=max(size // 8, 1), flip=False),  # a flipped digit is another symbol
                      class_names=tuple(str(d) for d in range(10)), name="digits",
-                     meta={"source": "sklearn.datasets.load_digits", "train": len(train_y), "test": len(test_y)})
+                     meta={"source": "sklearn.datasets.load_digits", "train": len(train_y), "val": len(val_y),
+                           "test": len(test_y)},
+                     val_images=to_uint8_rgb(val_x, size) if len(val_y) else None,
+                     val_labels=torch.from_numpy(val_y).long() if len(val_y) else None)

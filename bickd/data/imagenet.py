@@ -4,14 +4,15 @@ from __future__ import annotations
 import os
 
 from bickd.data.registry import register_dataset
+from bickd.data.split import stratified_holdout
 from bickd.data.types import DataError, FolderData
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-@register_dataset("imagenet")
-def load_imagenet(root=None, download=False, image_size=None, seed=0) -> FolderData:
+@register_dataset("imagenet", val_fraction=0.01)  # ~12,800 training images held out for validation
+def load_imagenet(root=None, download=False, image_size=None, seed=0, val_fraction=0.0) -> FolderData:
     if root is None:
         raise DataError("data.root is required for imagenet (the folder holding train/ and val/)")
     if download:
@@ -23,10 +24,20 @@ def load_imagenet(root=None, download=False, image_size=None, seed=0) -> FolderD
     for split, folder in folders.items():
         if not os.path.isdir(folder):
             raise DataError(f"ImageNet {split} folder not found: {folder} (expected <root>/{split}/<class>/*.JPEG)")
+    from torch.utils.data import Subset
+
     normalize = transforms.Normalize(MEAN, STD)
+    evaluation = transforms.Compose([
+        transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size), transforms.ToTensor(), normalize])
     train = datasets.ImageFolder(folders["train"], transforms.Compose([
         transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]))
-    test = datasets.ImageFolder(folders["val"], transforms.Compose([
-        transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size), transforms.ToTensor(), normalize]))
-    return FolderData(train, test, num_classes=len(train.classes), class_names=tuple(train.classes),
-                      name="imagenet", meta={"source": os.path.abspath(root)})
+    # ImageNet's "val" folder is the test split here: the validation split comes out of the training folder.
+    test = datasets.ImageFolder(folders["val"], evaluation)
+    classes = tuple(train.classes)
+    keep, held = stratified_holdout(train.targets, val_fraction, seed)
+    val = None
+    if len(held):
+        val = Subset(datasets.ImageFolder(folders["train"], evaluation), held.tolist())
+        train = Subset(train, keep.tolist())
+    return FolderData(train, test, num_classes=len(classes), class_names=classes, name="imagenet",
+                      meta={"source": os.path.abspath(root), "val": len(held)}, val=val)

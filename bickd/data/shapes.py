@@ -12,14 +12,18 @@ describes the recipe.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 
 import numpy as np
+from pydantic import Field
 
 from bickd.data.cifar import FOLDER, load_cifar100, write_cifar100
 from bickd.data.registry import register_dataset
+from bickd.data.split import hold_out_validation
 from bickd.data.types import AugmentSpec, ImageData
+from bickd.schema import StrictModel
 
 RECIPE_VERSION = 1
 FAMILIES = ("disk", "triangle", "square", "pentagon", "ring", "plus", "ellipse", "star", "crescent", "semicircle")
@@ -149,8 +153,13 @@ def cache_folder(root: str | None, seed: int, train_per_class: int, test_per_cla
     return os.path.join(base, f"shapes100-v{RECIPE_VERSION}-s{seed}-n{train_per_class}-{test_per_class}")
 
 
-@register_dataset("shapes100")
-def load_shapes100(root=None, download=False, image_size=None, seed=0, train_per_class: int = 200,
+class ShapesOptions(StrictModel):
+    train_per_class: int = Field(200, ge=2, description="generated training images per class (validation included)")
+    test_per_class: int = Field(100, ge=1, description="generated test images per class")
+
+
+@register_dataset("shapes100", options=ShapesOptions, val_fraction=0.1)
+def load_shapes100(root=None, download=False, image_size=None, seed=0, val_fraction=0.0, train_per_class: int = 200,
                    test_per_class: int = 100) -> ImageData:
     """Generates the set once into a cache folder (atomically), then reads it as CIFAR-100."""
     folder = cache_folder(root, seed, train_per_class, test_per_class)
@@ -163,9 +172,6 @@ def load_shapes100(root=None, download=False, image_size=None, seed=0, train_per
             os.rename(tmp, folder)  # another process may have won the race: its copy is identical
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
-    data = load_cifar100(root=folder, image_size=image_size)
+    data = load_cifar100(root=folder, image_size=image_size, seed=seed, val_fraction=val_fraction)
     size = image_size or SIZE
-    return ImageData(data.train_images, data.train_labels, data.test_images, data.test_labels,
-                     num_classes=data.num_classes, mean=data.mean, std=data.std,
-                     augment=AugmentSpec(crop_padding=max(size // 8, 1), flip=True),
-                     class_names=data.class_names, name="shapes100", meta=data.meta)
+    return dataclasses.replace(data, augment=AugmentSpec(crop_padding=max(size // 8, 1), flip=True), name="shapes100")

@@ -22,7 +22,11 @@ class AugmentSpec:
 
 @dataclass(frozen=True)
 class ImageData:
-    """A whole data set in memory as uint8 tensors (CIFAR-sized sets)."""
+    """A whole data set in memory as uint8 tensors (CIFAR-sized sets).
+
+    `val_*` is the validation split held out from the training data: what a search chooses on. Without one
+    (`val_fraction: 0`) the test split is all there is, and a choice made on it is optimistic.
+    """
     train_images: torch.Tensor   # uint8, N x C x H x W
     train_labels: torch.Tensor   # int64, N
     test_images: torch.Tensor
@@ -34,14 +38,17 @@ class ImageData:
     class_names: tuple[str, ...]
     name: str
     meta: dict[str, Any] = field(default_factory=dict)
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
 class FolderData:
     """A data set too large for memory, read from image folders (ImageNet)."""
-    train: Any                   # torchvision.datasets.ImageFolder with train transforms
+    train: Any                   # torchvision.datasets.ImageFolder (or a Subset of one) with train transforms
     test: Any
     num_classes: int
     class_names: tuple[str, ...]
     name: str
     meta: dict[str, Any] = field(default_factory=dict)
+    val: Any = None              # held out from the training folder, with the test transforms
