@@ -9,12 +9,17 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from bickd.config import TrainConfig
+from bickd.config import TrainConfig, apply_overrides
 from bickd.config_io import ConfigError, describe, read_yaml, validate
+from bickd.losses import LOSSES
+from bickd.names import did_you_mean
 from bickd.schema import StrictModel
 
 Scalar = int | float | str | bool | None
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "abfss://", "az://", "hdfs://")
+# What a search may choose on, and which way is better. All are validation metrics: the test split is
+# measured on each trial's final model and never used to choose anything.
+OBJECTIVES = {"val/top1": "max", "val/top5": "max", "val/loss": "min"}
 
 
 class SearchParam(StrictModel):
@@ -60,14 +65,34 @@ class SearchConfig(StrictModel):
     num_samples: int = Field(8, ge=1, description="trials to run")
     seed: int = Field(0, ge=0, description="seed of the Optuna sampler")
     sampler: Literal["tpe", "random", "gp", "qmc"] = "tpe"
-    metric: str = Field("test/top1", description="reported metric to optimise")
-    mode: Literal["max", "min"] = "max"
+    metric: str = Field("val/top1", description=f"the objective: one of {', '.join(OBJECTIVES)} (validation "
+                        "metrics; Optuna, ASHA, the summary and the report all choose by it)")
+    mode: Literal["max", "min"] | None = Field(None, description="better direction (default: the metric's own)")
     space: dict[str, SearchParam] = Field(default_factory=dict)
     points_to_evaluate: list[dict[str, Scalar]] = Field(
         default_factory=list, description="first trials, e.g. the method's defaults")
 
+    @field_validator("metric")
+    @classmethod
+    def _chosen_on_validation(cls, metric: str) -> str:
+        if metric in OBJECTIVES:
+            return metric
+        if metric.startswith("test/"):
+            raise ValueError(f"'{metric}' is a test-set metric: a winner chosen on test overstates its own test "
+                             f"score. Choose on validation: {', '.join(OBJECTIVES)}")
+        raise ValueError(f"unknown metric '{metric}'{did_you_mean(metric, OBJECTIVES)}; allowed: {', '.join(OBJECTIVES)}")
+
+    @property
+    def goal(self) -> str:
+        """max or min: the mode given, else the metric's own direction."""
+        return self.mode or OBJECTIVES[self.metric]
+
     @model_validator(mode="after")
-    def _conditions_name_earlier_choices(self) -> SearchConfig:
+    def _consistent(self) -> SearchConfig:
+        if self.mode is not None and self.mode != OBJECTIVES[self.metric]:
+            raise ValueError(f"mode {self.mode} with metric {self.metric} would choose the worst trial: "
+                             f"{self.metric} is better when {'higher' if OBJECTIVES[self.metric] == 'max' else 'lower'} "
+                             f"(mode {OBJECTIVES[self.metric]}, the default)")
         names = list(self.space)
         for position, (name, param) in enumerate(self.space.items()):
             for other in param.when or {}:
@@ -195,6 +220,19 @@ class ExperimentConfig(TrainConfig):
     def max_epochs(self) -> int:
         return self.scheduler.max_t or self.recipe.epochs
 
+    @property
+    def objective(self) -> tuple[str, str]:
+        """(metric, max|min) every choice of the experiment is made by: Optuna, ASHA, summary, report."""
+        if self.search is not None:
+            return self.search.metric, self.search.goal
+        return "val/top1", "max"
+
+    @property
+    def chooses_on_test(self) -> bool:
+        """True when the data has no validation split (`val_fraction: 0`): choices then use the test set."""
+        from bickd.data.registry import val_fraction_of
+        return val_fraction_of(self.data) == 0
+
     def base_train_config(self) -> TrainConfig:
         return TrainConfig.model_validate(self.train_dict())
 
@@ -202,24 +240,21 @@ class ExperimentConfig(TrainConfig):
 def load_experiment(path: str, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Reads and validates an experiment YAML; `overrides` are dotted paths (CLI flags)."""
     tree = read_yaml(path)
-    for key, value in (overrides or {}).items():
-        _set(tree, key, value)
+    try:
+        tree = apply_overrides(tree, overrides or {})
+    except ValueError as err:
+        raise ConfigError(f"--set: {err}") from None
     experiment = validate(ExperimentConfig, tree, source=path)
-    _check_trials_are_valid(experiment, path)
+    trials = _check_trials_are_valid(experiment, path)
+    _check_losses_of_the_search(experiment, path)
+    _check_grace_period_covers_warmups(experiment, trials, path)
     return experiment
 
 
-def _set(tree: dict[str, Any], path: str, value: Any) -> None:
-    *parents, leaf = path.split(".")
-    for key in parents:
-        tree = tree.setdefault(key, {})
-    tree[leaf] = value
-
-
-def _check_trials_are_valid(experiment: ExperimentConfig, source: str) -> None:
-    """Every searched parameter and every ablation arm must produce a valid TrainConfig."""
+def _check_trials_are_valid(experiment: ExperimentConfig, source: str) -> list[tuple[str, TrainConfig]]:
+    """Every searched parameter and every ablation arm must produce a valid TrainConfig; returns them."""
     base = experiment.base_train_config()
-    checks: list[tuple[str, dict[str, Any]]] = []
+    checks: list[tuple[str, dict[str, Any]]] = [("the base config", {})]
     if experiment.search is not None:
         for name, param in experiment.search.space.items():
             values = param.choice if param.choice is not None else [param.midpoint(), *getattr(param, param.kind)]
@@ -228,13 +263,58 @@ def _check_trials_are_valid(experiment: ExperimentConfig, source: str) -> None:
                    for i, point in enumerate(experiment.search.points_to_evaluate)]
     if experiment.ablation is not None:
         checks += [(f"ablation.arms.{arm}", overrides) for arm, overrides in experiment.ablation.arms.items()]
+    trials = []
     for where, overrides in checks:
         try:
-            base.with_overrides(overrides)
+            trials.append((where, base.with_overrides(overrides)))
         except ValidationError as err:
             raise ConfigError(f"{source}: {where} gives an invalid trial: {describe(err, TrainConfig)}") from None
         except ValueError as err:
             raise ConfigError(f"{source}: {where}: {err}") from None
+    return trials
+
+
+def _check_losses_of_the_search(experiment: ExperimentConfig, source: str) -> None:
+    """A searched `loss.<p>` must exist in every loss it can be sampled with (its `when` conditions, and
+    theirs in turn, decide which): otherwise some trials would fail, or worse, read another loss's
+    same-named parameter."""
+    search = experiment.search
+    if search is None:
+        return
+    name_param = search.space.get("loss.name")
+    names = list(name_param.choice) if name_param is not None else [experiment.loss.name]
+    active: dict[str, list[str]] = {}  # parameter -> the loss names it can be sampled with
+    for path, param in search.space.items():
+        with_names = list(names)
+        for other, allowed in (param.when or {}).items():
+            allowed = allowed if isinstance(allowed, list) else [allowed]
+            with_names = [n for n in with_names if n in (allowed if other == "loss.name" else active[other])]
+        active[path] = with_names
+        if not path.startswith("loss.") or path == "loss.name":
+            continue
+        field = path.split(".", 1)[1]
+        lacking = [n for n in with_names if n in LOSSES and field not in LOSSES[n].Params.model_fields]
+        if lacking:
+            having = [n for n in names if n in LOSSES and field in LOSSES[n].Params.model_fields]
+            raise ConfigError(f"{source}: search.space.{path}: loss {', '.join(lacking)} (a choice of loss.name) "
+                              f"has no parameter '{field}'; sample it only for the losses that have one: "
+                              f"when: {{loss.name: [{', '.join(having)}]}}")
+
+
+def _check_grace_period_covers_warmups(experiment: ExperimentConfig, trials: list[tuple[str, TrainConfig]],
+                                       source: str) -> None:
+    """ASHA judges every trial at its grace period: a loss still ramping in then (BicKD's bilateral term,
+    DKD's KD part) would be stopped for being on at part weight, biasing the search against it."""
+    if experiment.search is None or experiment.scheduler.type != "asha":
+        return
+    grace = experiment.scheduler.grace_period
+    for where, trial in trials:
+        warmup = getattr(trial.loss, "warmup_epochs", 0)
+        if warmup > grace:
+            raise ConfigError(
+                f"{source}: scheduler.grace_period {grace} is shorter than the warm-up of loss {trial.loss.name} "
+                f"({where}: warmup_epochs {warmup:g}): ASHA would stop those trials before their loss is fully on; "
+                f"set scheduler.grace_period >= {warmup:g} or a shorter warm-up")
 
 
 def default_paths(experiment: ExperimentConfig) -> dict[str, str]:

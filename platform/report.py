@@ -1,7 +1,7 @@
-"""The experiment report: which settings won, how much each loss part matters, and how it compares.
+"""The experiment report: which settings won (chosen on validation), what they score on test, how much each
+loss part matters, and how it compares with published numbers.
 
-    python -m platform.report experiments/<name>                       # an experiment folder
-    python -m platform.report <mlflow experiment name> --tracking-uri sqlite:////abs/mlflow.db
+    python -m platform.report experiments/<name>
 
 Reads the MLflow runs (the source of truth for numbers), the Optuna study and the ablation rows; writes
 `report/report.md` and PNG plots into the experiment folder and logs them on the MLflow parent run.
@@ -20,13 +20,16 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display on cluster heads or CI
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
 
+from bickd.config_io import ConfigError, read_yaml, validate  # noqa: E402
 from platform.ablation import ablation_table, to_markdown  # noqa: E402
+from platform.experiment import ExperimentConfig  # noqa: E402
 from platform.published import PAPER_CLAIM_OVER_KD, published_row  # noqa: E402
 from platform.tracking import TAG_EXPERIMENT_DIR, TAG_KIND, Tracker  # noqa: E402
 
-CURVE_METRIC = "test/top1"
+CURVE_METRIC = "val/top1"
+FINAL = {"val_top1": "final/val/top1", "val_top5": "final/val/top5", "val_loss": "final/val/loss",
+         "test_top1": "final/test/top1", "test_loss": "final/test/loss"}
 
 
 def trial_runs(tracker: Tracker) -> pd.DataFrame:
@@ -38,12 +41,12 @@ def trial_runs(tracker: Tracker) -> pd.DataFrame:
     for run in runs:
         rows.append({"run_id": run.info.run_id, "trial": run.info.run_name, "status": run.info.status,
                      "arm": run.data.params.get("arm"), "seed": _int(run.data.params.get("seed")),
-                     "final_top1": run.data.metrics.get("final/top1"),
-                     "best_top1": run.data.metrics.get("final/top1_best"),
+                     **{column: run.data.metrics.get(metric) for column, metric in FINAL.items()},
                      "epochs": _int(run.data.metrics.get("final/epochs")),
                      "stop_reason": run.data.tags.get("stop_reason", ""),
                      "params": run.data.params})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["run_id", "trial", "status", "arm", "seed", *FINAL, "epochs",
+                                       "stop_reason", "params"])
 
 
 def _int(value) -> int | None:
@@ -53,18 +56,26 @@ def _int(value) -> int | None:
         return None
 
 
-def _searched(experiment: dict) -> list[str]:
-    return list((experiment.get("search") or {}).get("space") or {})
+def ranked(runs: pd.DataFrame, experiment: ExperimentConfig) -> pd.DataFrame:
+    """Finished trials, best first by the experiment's objective (a validation metric)."""
+    metric, mode = experiment.objective
+    column = metric.replace("/", "_")
+    return runs.dropna(subset=[column]).sort_values(column, ascending=mode == "min", kind="stable")
 
 
-def best_trials_table(runs: pd.DataFrame, experiment: dict, top: int = 10) -> pd.DataFrame:
-    done = runs.dropna(subset=["final_top1"]).sort_values("final_top1", ascending=False).head(top)
-    shown = pd.DataFrame({"trial": done.trial, "best top-1 (%)": done.best_top1.round(2),
-                          "final top-1 (%)": done.final_top1.round(2), "epochs": done.epochs,
+def best_trials_table(runs: pd.DataFrame, experiment: ExperimentConfig, top: int = 10) -> pd.DataFrame:
+    metric, _ = experiment.objective
+    done = ranked(runs, experiment).head(top)
+    shown = pd.DataFrame({"trial": done.trial, f"{metric} (chooses)": done[metric.replace("/", "_")].map(_three),
+                          "test top-1 (%)": done.test_top1.map(_three), "epochs": done.epochs,
                           "stop reason": done.stop_reason})
-    for name in _searched(experiment):
+    for name in experiment.search.space if experiment.search is not None else []:
         shown[name] = [_short(p.get(name, "")) for p in done.params]
     return shown
+
+
+def _three(value: float) -> str:
+    return f"{value:.3g}" if value == value else "–"
 
 
 def _short(value: str) -> str:
@@ -75,10 +86,11 @@ def _short(value: str) -> str:
         return value
 
 
-def plot_curves(tracker: Tracker, runs: pd.DataFrame, path: str, top: int = 5) -> str | None:
-    chosen = runs.dropna(subset=["final_top1"]).sort_values("final_top1", ascending=False).head(top)
-    if "arm" in runs and runs.arm.notna().any():  # ablation: one curve per arm (its first seed), KD included
-        chosen = runs.dropna(subset=["final_top1"]).sort_values("seed").groupby("arm").head(1)
+def plot_curves(tracker: Tracker, runs: pd.DataFrame, experiment: ExperimentConfig, path: str,
+                top: int = 5) -> str | None:
+    chosen = ranked(runs, experiment).head(top)
+    if experiment.ablation is not None:  # one curve per arm (its first seed), KD included
+        chosen = runs.dropna(subset=["test_top1"]).sort_values("seed").groupby("arm").head(1)
     curves = {}
     for run in chosen.itertuples():
         history = tracker.client.get_metric_history(run.run_id, CURVE_METRIC)
@@ -88,23 +100,23 @@ def plot_curves(tracker: Tracker, runs: pd.DataFrame, path: str, top: int = 5) -
         return None
     ax = pd.DataFrame(curves).plot(marker="o", figsize=(7, 4.5))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title("learning curves")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.set_title("learning curves (validation)")
     ax.legend(fontsize=7)
     return _save(ax.figure, path)
 
 
 def plot_ablation(table: pd.DataFrame, path: str) -> str:
-    ax = table.plot.bar(x="arm", y="best_mean", yerr="best_std", legend=False, capsize=3, figsize=(7, 4.5))
-    low = (table.best_mean - table.best_std.fillna(0)).min()
-    ax.set_ylim(max(0.0, low - 2), min(100.0, (table.best_mean + table.best_std.fillna(0)).max() + 1))
-    ax.set_ylabel("best test top-1 (%), mean ± std over seeds")
+    ax = table.plot.bar(x="arm", y="test_mean", yerr="test_std", legend=False, capsize=3, figsize=(7, 4.5))
+    low = (table.test_mean - table.test_std.fillna(0)).min()
+    ax.set_ylim(max(0.0, low - 2), min(100.0, (table.test_mean + table.test_std.fillna(0)).max() + 1))
+    ax.set_ylabel("final test top-1 (%), mean ± std over seeds")
     ax.set_title("ablation: one switch per arm")
     return _save(ax.figure, path)
 
 
 def optuna_plots(storage_url: str, study_name: str, folder: str) -> list[str]:
-    """Optuna's own matplotlib views: optimisation history, parameter importances, slice plot."""
+    """Optuna's own matplotlib views (of validation values): optimisation history, importances, slice plot."""
     import optuna
     from optuna.visualization import matplotlib as ovm
 
@@ -138,60 +150,101 @@ def _save(figure, path: str) -> str:
     return path
 
 
-def comparison_section(experiment: dict, runs: pd.DataFrame) -> str:
-    data = experiment["data"]["name"]
-    teacher = (experiment.get("teacher") or {}).get("model")
-    student = experiment["student"]["model"]
-    row = published_row(data, teacher, student)
+def comparison_section(experiment: ExperimentConfig, runs: pd.DataFrame) -> str:
+    """Like with like: our KD against published KD, our BicKD-over-KD gain against the paper's claimed gain,
+    each with how it was obtained."""
+    teacher = experiment.teacher.model if experiment.teacher is not None else None
+    row = published_row(experiment.data.name, teacher, experiment.student.model)
     if row is None:
-        return (f"Published CIFAR-100 numbers are not comparable with this experiment ({data}, "
-                f"{teacher} → {student}): they exist only for the standard CIFAR-100 pairs and recipe.\n")
-    ours = runs.best_top1.max() if len(runs) else math.nan
+        return (f"Published CIFAR-100 numbers are not comparable with this experiment ({experiment.data.name}, "
+                f"{teacher} → {experiment.student.model}): they exist only for the standard CIFAR-100 pairs and "
+                "recipe.\n")
     low, high = PAPER_CLAIM_OVER_KD
-    table = pd.DataFrame([{**{k: v if v is not None else "–" for k, v in row.items()},
-                           "BicKD claim": f"{row['KD'] + low:.2f}–{row['KD'] + high:.2f}",
-                           "this experiment (best)": f"{ours:.2f}"}])
-    return table.to_markdown(index=False) + "\n"
+    lines = [f"Published ({teacher} → {experiment.student.model}, 240-epoch recipe, best-epoch test top-1, "
+             f"i.e. chosen on test): teacher {row['teacher']}, student {row['student']}, KD {row['KD']}; the "
+             f"BicKD paper claims +{low:g} to +{high:g} points over KD.", ""]
+    done = runs.dropna(subset=["test_top1"])
+    if experiment.ablation is not None:
+        control, reference = experiment.ablation.control, experiment.ablation.reference
+        kd = done[done.arm == control].test_top1 if control is not None else pd.Series(dtype=float)
+        bickd = done[done.arm == reference].test_top1
+        table = pd.DataFrame([
+            {"": "published", "KD (%)": f"{row['KD']:.2f}", "BicKD − KD (points)": f"+{low:g} to +{high:g} (claim)"},
+            {"": f"this experiment (final test, {len(kd)} seeds)",
+             "KD (%)": _pm(kd) if len(kd) else "–",
+             "BicKD − KD (points)": f"{bickd.mean() - kd.mean():+.2f} ({reference} − {control})"
+             if len(kd) and len(bickd) else "–"}])
+    else:
+        best = ranked(runs, experiment).head(1)
+        chosen = (f"{best.test_top1.iloc[0]:.2f} (trial {best.trial.iloc[0]}, loss "
+                  f"{best.params.iloc[0].get('loss.name')}, chosen on validation; final test)" if len(best) else "–")
+        table = pd.DataFrame([
+            {"": "published KD", "test top-1 (%)": f"{row['KD']:.2f}"},
+            {"": "BicKD claim (KD + claimed gain)", "test top-1 (%)": f"{row['KD'] + low:.2f}–{row['KD'] + high:.2f}"},
+            {"": "this experiment", "test top-1 (%)": chosen}])
+    return "\n".join(lines) + table.to_markdown(index=False) + "\n"
+
+
+def _pm(values: pd.Series) -> str:
+    return f"{values.mean():.2f}" if len(values) < 2 else f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
+
+
+def load_experiment_config(experiment_dir: str) -> ExperimentConfig:
+    """The validated config the experiment ran with (its experiment.yaml)."""
+    path = os.path.join(experiment_dir, "experiment.yaml")
+    return validate(ExperimentConfig, read_yaml(path), source=path)
 
 
 def write_experiment_report(target: str, tracking_uri: str | None = None, quiet: bool = True) -> str:
     experiment_dir = os.path.abspath(target)
-    with open(os.path.join(experiment_dir, "experiment.yaml"), encoding="utf-8") as handle:
-        experiment = yaml.safe_load(handle)
-    tracking_uri = tracking_uri or (experiment.get("tracking") or {}).get("tracking_uri") or \
+    experiment = load_experiment_config(experiment_dir)
+    tracking_uri = tracking_uri or experiment.tracking.tracking_uri or \
         f"sqlite:///{os.path.join(experiment_dir, 'mlflow.db')}"
-    tracker = Tracker(tracking_uri, (experiment.get("tracking") or {}).get("experiment_name") or experiment["name"],
-                      experiment_dir)
+    tracker = Tracker(tracking_uri, experiment.tracking.experiment_name or experiment.name, experiment_dir)
     folder = os.path.join(experiment_dir, "report")
     os.makedirs(folder, exist_ok=True)
     runs = trial_runs(tracker)
     parent = tracker.find_run(**{TAG_KIND: "experiment"})
-    lines = [f"# {experiment['name']}", "", experiment.get("description") or "", "",
-             f"- data: {experiment['data']['name']}; teacher: {(experiment.get('teacher') or {}).get('model')}; "
-             f"student: {experiment['student']['model']}; loss: {experiment['loss']['name']}; "
-             f"{experiment['recipe']['epochs']} epochs",
-             f"- trials: {len(runs)} ({(runs.status == 'FINISHED').sum() if len(runs) else 0} finished, "
-             f"{(runs.status == 'FAILED').sum() if len(runs) else 0} failed)"]
+    metric, mode = experiment.objective
+    lines = [f"# {experiment.name}", "", experiment.description, "",
+             f"- data: {experiment.data.name}; teacher: {experiment.teacher.model if experiment.teacher else None}; "
+             f"student: {experiment.student.model}; loss: {experiment.loss.name}; {experiment.recipe.epochs} epochs",
+             f"- trials: {len(runs)} ({(runs.status == 'FINISHED').sum()} finished, "
+             f"{(runs.status == 'FAILED').sum()} failed)",
+             ("- **no validation split** (`data.val_fraction: 0`): every choice here was made on the test set, "
+              "so its test figures are optimistic" if experiment.chooses_on_test else
+              f"- choices use the validation split ({mode} {metric}); test top-1 is the final model's, measured "
+              "once per trial and never used to choose")]
     if parent is not None:
-        teacher_top1 = tracker.client.get_run(parent).data.metrics.get("teacher/test_top1")
-        if teacher_top1 is not None:
-            lines.append(f"- teacher test top-1: {teacher_top1:.2f}%")
+        metrics = tracker.client.get_run(parent).data.metrics
+        if "teacher/test/top1" in metrics:
+            lines.append(f"- teacher: validation top-1 {metrics.get('teacher/val/top1', math.nan):.2f}%, "
+                         f"test top-1 {metrics['teacher/test/top1']:.2f}%")
     images = []
+    if experiment.search is not None and len(ranked(runs, experiment)):
+        best = ranked(runs, experiment).iloc[0]
+        lines += ["", "## Chosen trial", "",
+                  f"**{best.trial}**, chosen by {metric} on validation ({best[metric.replace('/', '_')]:.4g}): "
+                  f"validation top-1 {best.val_top1:.2f}%, test top-1 {best.test_top1:.2f}% (final model, "
+                  f"{best.epochs} epochs). One trial picked out of {len(ranked(runs, experiment))}: confirm it over "
+                  "fresh seeds before calling it better."]
     if len(runs):
-        lines += ["", "## Best trials", "", best_trials_table(runs, experiment).to_markdown(index=False)]
-    if experiment.get("ablation") and len(runs.dropna(subset=["best_top1"])):
-        ablation = experiment["ablation"]
-        rows = runs.dropna(subset=["best_top1"])[["arm", "seed", "final_top1", "best_top1"]]
-        table = ablation_table(rows, ablation["reference"], ablation.get("control"))
-        order = [arm for arm in ablation["arms"] if arm in set(table.arm)]  # the YAML's order
+        lines += ["", f"## Trials, best first by {metric} (validation)", "",
+                  best_trials_table(runs, experiment).to_markdown(index=False)]
+    if experiment.ablation is not None and len(runs.dropna(subset=["test_top1"])):
+        ablation = experiment.ablation
+        rows = runs.dropna(subset=["test_top1"])[["arm", "seed", "val_top1", "test_top1"]]
+        table = ablation_table(rows, ablation.reference, ablation.control)
+        order = [arm for arm in ablation.arms if arm in set(table.arm)]  # the YAML's order
         table = table.set_index("arm").loc[order].reset_index()
-        lines += ["", "## Ablation", "", to_markdown(table, ablation["reference"], ablation.get("control"))]
+        lines += ["", "## Ablation", "",
+                  to_markdown(table, ablation.reference, ablation.control, experiment.chooses_on_test)]
         images.append(plot_ablation(table, os.path.join(folder, "ablation.png")))
-    if experiment.get("search"):
-        images += optuna_plots(f"sqlite:///{os.path.join(experiment_dir, 'optuna.db')}", experiment["name"], folder)
-    curves = plot_curves(tracker, runs, os.path.join(folder, "curves.png")) if len(runs) else None
+    if experiment.search is not None:
+        images += optuna_plots(f"sqlite:///{os.path.join(experiment_dir, 'optuna.db')}", experiment.name, folder)
+    curves = plot_curves(tracker, runs, experiment, os.path.join(folder, "curves.png")) if len(runs) else None
     images += [curves] if curves else []
-    lines += ["", "## Published numbers", "", comparison_section(experiment, runs.dropna(subset=["best_top1"]))]
+    lines += ["", "## Published numbers", "", comparison_section(experiment, runs)]
     lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in images]
     report_path = os.path.join(folder, "report.md")
     with open(report_path, "w", encoding="utf-8") as handle:
@@ -213,7 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isfile(os.path.join(args.target, "experiment.yaml")):
         print(f"error: {args.target}: not an experiment folder (no experiment.yaml)", file=sys.stderr)
         return 2
-    write_experiment_report(args.target, args.tracking_uri, quiet=False)
+    try:
+        write_experiment_report(args.target, args.tracking_uri, quiet=False)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -62,7 +62,6 @@ def _run(experiment: ExperimentConfig, paths: dict[str, str], num_classes: int, 
 
     from ray import tune
 
-    from platform.search import build_searcher
     from platform.tracking import TrialLogger, Tracker, flatten
     from platform.trial import run_trial, trial_config
 
@@ -90,9 +89,9 @@ def _run(experiment: ExperimentConfig, paths: dict[str, str], num_classes: int, 
         logger = TrialLogger(tracker, parent, describe, experiment.max_epochs, {"experiment": experiment.name})
         # On --resume Tune restores the experiment's own pickled callbacks (a TrialLogger like this one).
         tuner = _restore_tuner(paths, trainable) if resume else _new_tuner(
-            experiment, paths, trainable, logger, build_searcher, joined)
+            experiment, paths, trainable, logger, base, joined)
         results = tuner.fit()
-        if _interrupted(results, _planned_trials(experiment)):
+        if _interrupted(results, _planned_trials(experiment), _search_exhausted(experiment, paths)):
             # Tune catches Ctrl+C itself, saves its state and returns normally: say so, do not summarise.
             tracker.finish_open_trial_runs("KILLED")
             tracker.finish(parent, "KILLED")
@@ -144,11 +143,19 @@ def _planned_trials(experiment: ExperimentConfig) -> int:
     return len(experiment.ablation.arms) * len(experiment.ablation.seeds)
 
 
-def _interrupted(results, planned: int) -> bool:
-    """True when Tune returned before every planned trial reached a final state (e.g. after SIGINT)."""
+def _search_exhausted(experiment: ExperimentConfig, paths: dict[str, str]) -> bool:
+    if experiment.search is None:
+        return False
+    from platform.search import exhausted
+    return exhausted(paths["optuna_storage"], experiment.name)
+
+
+def _interrupted(results, planned: int, exhausted: bool) -> bool:
+    """True when Tune returned before every planned trial reached a final state (e.g. after SIGINT); a
+    search whose space ran out of new configurations ends early without being interrupted."""
     trials = results._experiment_analysis.trials  # ResultGrid exposes no trial status of its own
     done = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
-    return len(done) < planned
+    return len(done) < len(trials) or (len(done) < planned and not exhausted)
 
 
 def _short(value: Any) -> str:
@@ -187,17 +194,19 @@ def _check_resources(experiment: ExperimentConfig, available: dict[str, float]) 
                           f"CPUs than the cluster's {available.get('CPU', 0):g}")
 
 
-def _new_tuner(experiment, paths, trainable, logger, build_searcher, joined: bool):
+def _new_tuner(experiment, paths, trainable, logger, base, joined: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from platform.search import build_searcher
+
     search_alg, scheduler, param_space, num_samples = None, None, {}, 1
     if experiment.search is not None:
-        search_alg = build_searcher(experiment.search, paths["optuna_storage"], experiment.name)
+        search_alg = build_searcher(experiment.search, paths["optuna_storage"], experiment.name, base)
         num_samples = experiment.search.num_samples
         if experiment.scheduler.type == "asha":
-            scheduler = ASHAScheduler(time_attr="epoch", metric=experiment.search.metric,
-                                      mode=experiment.search.mode, max_t=experiment.max_epochs,
+            metric, mode = experiment.objective
+            scheduler = ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=experiment.max_epochs,
                                       grace_period=experiment.scheduler.grace_period,
                                       reduction_factor=experiment.scheduler.reduction_factor)
     else:
@@ -231,7 +240,15 @@ def _restore_tuner(paths, trainable):
     return tune.Tuner.restore(paths["tune_path"], trainable=trainable, resume_unfinished=True, resume_errored=True)
 
 
+FINAL_METRICS = ("val/top1", "val/top5", "val/loss", "test/top1", "test/top5", "test/loss")
+
+
+def _column(metric: str) -> str:
+    return metric.replace("/", "_")
+
+
 def _result_rows(results, arms) -> pd.DataFrame:
+    """One row per trial: its point (or arm and seed), epochs, final validation and test metrics, error."""
     rows = []
     for result in results:
         metrics = result.metrics or {}
@@ -240,11 +257,18 @@ def _result_rows(results, arms) -> pd.DataFrame:
             "trial_id": metrics.get("trial_id"),
             **({"arm": config.get("arm"), "seed": config.get("seed")} if arms is not None else dict(config)),
             "epochs": metrics.get("epoch"),
-            "final_top1": metrics.get("test/top1"),
-            "best_top1": metrics.get("test/top1_best"),
+            **{_column(m): metrics.get(m) for m in FINAL_METRICS},
             "error": str(result.error).strip().splitlines()[-1] if result.error else "",
         })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["trial_id", "epochs", *map(_column, FINAL_METRICS), "error"])
+
+
+def chosen_trial(rows: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
+    """The trial the objective picks (best final validation value), or None when none finished."""
+    done = rows.dropna(subset=[_column(metric)])
+    if not len(done):
+        return None
+    return done.sort_values(_column(metric), ascending=mode == "min", kind="stable").iloc[0]
 
 
 def _summarise(experiment, paths, rows: pd.DataFrame, tracker, parent) -> str:
@@ -257,17 +281,24 @@ def _summarise(experiment, paths, rows: pd.DataFrame, tracker, parent) -> str:
     lines = ["", f"finished {experiment.name}: {len(ok)} of {len(rows)} trials completed"
              + (f", {len(rows) - len(ok)} failed" if len(rows) - len(ok) else "")]
     if experiment.ablation is not None and len(ok):
-        written = write_table(ok.dropna(subset=["best_top1"]), os.path.join(experiment_dir, "results"),
-                              experiment.ablation.reference, experiment.ablation.control)
+        written = write_table(ok.dropna(subset=["test_top1"]), os.path.join(experiment_dir, "results"),
+                              experiment.ablation.reference, experiment.ablation.control, experiment.chooses_on_test)
         for path in written.values():
             tracker.log_artifact(parent, path, "ablation")
         with open(written["ablation.md"], encoding="utf-8") as handle:
             lines += ["", handle.read()]
     elif len(ok):
-        best = ok.sort_values("final_top1", ascending=experiment.search.mode == "min").iloc[0]
-        params = {k: _short(v) for k, v in best.items() if k not in ("trial_id", "epochs", "final_top1", "best_top1", "error")}
-        lines.append(f"best trial {best.trial_id}: test top-1 {best.final_top1:.2f}% (best epoch "
-                     f"{best.best_top1:.2f}%) after {int(best.epochs)} epochs; {params}")
+        metric, mode = experiment.objective
+        best = chosen_trial(ok, metric, mode)
+        if best is not None:
+            shown = {"trial_id", "epochs", "error", *map(_column, FINAL_METRICS)}
+            params = {k: _short(v) for k, v in best.items() if k not in shown}
+            lines.append(f"chosen trial {best.trial_id} ({mode} {metric} on the validation split): "
+                         f"validation top-1 {best.val_top1:.2f}%, test top-1 {best.test_top1:.2f}% "
+                         f"(final model, {int(best.epochs)} epochs; test chose nothing); {params}")
+    if experiment.chooses_on_test:
+        lines.append("note: data.val_fraction is 0, so there is no validation split: every choice above was "
+                     "made on the test set and its test figures are optimistic")
     lines += [f"results   {experiment_dir}",
-              f"mlflow    mlflow ui --backend-store-uri {paths['tracking_uri']} --host 127.0.0.1 --port 5000"]
+              f"mlflow    {tracker.runs_page_hint()}"]
     return "\n".join(lines)

@@ -2,15 +2,24 @@
 
 Define-by-run expresses conditional parameters: a parameter with `when` is suggested only if the earlier
 parameters it names took one of the listed values; otherwise the base config's value stays.
+
+No configuration is trained twice: a proposal whose resolved trial config (every field, seed included)
+equals one already trained or running is told to Optuna with that trial's value (so the sampler learns it)
+and the sampler is asked again (`DistinctOptunaSearch`).
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import optuna
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from bickd.config import TrainConfig
 from platform.experiment import SearchConfig, SearchParam
+
+EXHAUSTED_ATTR = "exhausted_after"  # study user attribute: the space held no new configuration any more
 
 SAMPLERS = {
     "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
@@ -82,12 +91,75 @@ class ResumableOptunaSearch(OptunaSearch):
             super().on_trial_complete(trial_id, result, error)
 
 
-def build_searcher(search: SearchConfig, storage_url: str, study_name: str) -> OptunaSearch:
+class TrialKey:
+    """A sampled point -> the identity of the trial it trains: its whole resolved TrainConfig as JSON."""
+
+    def __init__(self, base: TrainConfig):
+        self.base = base
+
+    def __call__(self, point: dict[str, Any]) -> str:
+        return json.dumps(self.base.with_overrides(point).train_dict(), sort_keys=True)
+
+
+class DistinctOptunaSearch(ResumableOptunaSearch):
+    """Hands Tune only configurations not yet trained or running in this experiment.
+
+    A repeat (TPE keeps proposing the parameter-free options of a categorical, e.g. `loss.name: ce`) costs no
+    training: its Optuna trial is told the first trial's value (now, or when that trial ends), marked
+    `repeat_of` with the first trial's number, and the sampler is asked again. After `max_repeats` repeats in
+    a row the space is taken as exhausted: the search ends with the trials it has, and the study says so.
+    """
+
+    def __init__(self, *args: Any, trial_key: TrialKey, max_repeats: int = 100, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._trial_key, self._max_repeats = trial_key, max_repeats
+        self._trained: dict[str, str] = {}                     # config key -> Tune trial that trains it
+        self._outcomes: dict[str, tuple[Any, float | None]] = {}  # Tune trial id -> (state, value) once ended
+        self._waiting: dict[str, list[optuna.Trial]] = {}     # Tune trial id -> repeats told when it ends
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        for _ in range(self._max_repeats):
+            config = super().suggest(trial_id)
+            key = self._trial_key(config)
+            first = self._trained.setdefault(key, trial_id)
+            if first == trial_id:
+                return config
+            repeat = self._ot_trials.pop(trial_id)
+            repeat.set_user_attr("repeat_of", self._ot_trials[first].number)
+            if first in self._outcomes:
+                self._tell(repeat, *self._outcomes[first])
+            else:
+                self._waiting.setdefault(first, []).append(repeat)
+        self._ot_study.set_user_attr(EXHAUSTED_ATTR, len(self._trained))
+        print(f"[search] {self._max_repeats} proposals in a row repeated configurations already trained: the space "
+              f"holds no new one, so the search ends after {len(self._trained)} distinct trials", flush=True)
+        return Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        super().on_trial_complete(trial_id, result, error)
+        value = (result or {}).get(self.metric)
+        state = (optuna.trial.TrialState.COMPLETE if value is not None else
+                 optuna.trial.TrialState.FAIL if error else optuna.trial.TrialState.PRUNED)
+        self._outcomes[trial_id] = (state, value)
+        for repeat in self._waiting.pop(trial_id, []):
+            self._tell(repeat, state, value)
+
+    def _tell(self, trial: optuna.Trial, state, value: float | None) -> None:
+        self._ot_study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+
+
+def exhausted(storage_url: str, study_name: str) -> bool:
+    """Whether the search of this study ended early because its space held no new configuration."""
+    return EXHAUSTED_ATTR in optuna.load_study(study_name=study_name, storage=storage_url).user_attrs
+
+
+def build_searcher(search: SearchConfig, storage_url: str, study_name: str, base: TrainConfig) -> OptunaSearch:
     """Optuna search whose study lives in an RDB (SQLite) file, inspectable after the run."""
-    return ResumableOptunaSearch(
+    return DistinctOptunaSearch(
+        trial_key=TrialKey(base),
         space=DefineByRun(search),
         metric=search.metric,
-        mode=search.mode,
+        mode=search.goal,
         points_to_evaluate=[dict(point) for point in search.points_to_evaluate] or None,
         sampler=SAMPLERS[search.sampler](search.seed),
         study_name=study_name,

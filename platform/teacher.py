@@ -18,8 +18,12 @@ from platform.tracking import Tracker
 
 
 def _remote_options(experiment: ExperimentConfig) -> dict[str, Any]:
-    gpus = 1 if experiment.resources.gpus_per_trial > 0 else 0
-    return {"num_cpus": experiment.resources.cpus_per_trial, "num_gpus": gpus}
+    """One whole GPU (if trials use GPUs) on the node type trials use: their custom resources, scaled to it."""
+    r = experiment.resources
+    gpus = 1 if r.gpus_per_trial > 0 else 0
+    scale = gpus / r.gpus_per_trial if r.gpus_per_trial else 1.0
+    return {"num_cpus": r.cpus_per_trial, "num_gpus": gpus,
+            "resources": {name: amount * scale for name, amount in r.custom_resources.items()}}
 
 
 @ray.remote
@@ -78,14 +82,13 @@ class TeacherStage:
             self.source = self.checkpoint_path
             self.state = state
             # fit() evaluates after the last epoch: the weights just trained need no second evaluation
-            metrics = {k.split("/", 1)[1]: v for k, v in history[-1].items() if k.startswith("test/")}
+            metrics = history[-1]
         else:
             metrics = ray.get(self.evaluation)
-        tracker.log_metrics(parent_run_id, {f"teacher/test_{k}": v for k, v in metrics.items()
-                                            if k in ("top1", "top5", "loss")}, 0)
+            tracker.log_metrics(parent_run_id, {f"teacher/{k}": v for k, v in metrics.items()}, 0)
         tracker.client.set_tag(parent_run_id, "teacher_checkpoint", self.source)
-        print(f"[teacher] {self.experiment.teacher.model} from {self.source}: test top-1 {metrics['top1']:.2f}%",
-              flush=True)
+        print(f"[teacher] {self.experiment.teacher.model} from {self.source}: validation top-1 "
+              f"{metrics['val/top1']:.2f}%, test top-1 {metrics['test/top1']:.2f}%", flush=True)
         return self.state
 
 
@@ -102,11 +105,10 @@ def prepare_teacher_cache(experiment: ExperimentConfig, base, state: dict[str, t
 
     The cache lives in the experiment folder: on several nodes that folder must be on a shared file system.
     """
-    if not base.teacher_cache.enabled or state is None or base.loss.name == "ce":
+    if not base.teacher_cache.enabled or state is None:
         return base
-    from bickd.teacher_cache import cache_key, state_hash
-    key = cache_key(base, state)
-    folder = os.path.join(experiment_dir, "teacher_cache", state_hash(state)[:12] + f"-s{key['view_seed']}-e{key['view_epochs']}")
+    from bickd.teacher_cache import cache_folder, cache_key
+    folder = cache_folder(os.path.join(experiment_dir, "teacher_cache"), cache_key(base, state))
     if not os.path.isdir(folder):
         print(f"[teacher] caching logits for {base.teacher_cache.epochs} augmented epochs", flush=True)
         ray.get(_build_cache.options(**_remote_options(experiment)).remote(base.model_dump(mode="json"), state, folder))

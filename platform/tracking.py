@@ -21,7 +21,9 @@ from ray.tune import Callback
 
 from platform.ray_env import REPO_ROOT
 
-OUR_METRIC_PREFIXES = ("train/", "test/", "time/", "teacher/")
+OUR_METRIC_PREFIXES = ("train/", "val/", "test/", "time/", "teacher/")
+# MLflow 3 opens an experiment without this tag in its GenAI view; ours are model-training experiments.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 TAG_EXPERIMENT_DIR = "bickd.experiment_dir"
 TAG_KIND = "bickd.kind"
 TAG_TRIAL_ID = "ray.trial_id"
@@ -65,8 +67,13 @@ class Tracker:
         # beside the experiment instead. A tracking server decides for itself.
         artifacts = (None if tracking_uri.startswith(("http://", "https://"))
                      else "file://" + os.path.join(experiment_dir, "mlartifacts"))
-        self.experiment_id = (existing.experiment_id if existing is not None
-                              else self.client.create_experiment(experiment_name, artifact_location=artifacts))
+        if existing is None:
+            self.experiment_id = self.client.create_experiment(experiment_name, artifact_location=artifacts,
+                                                               tags=dict([EXPERIMENT_KIND]))
+        else:
+            self.experiment_id = existing.experiment_id
+            if existing.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+                self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles callbacks with the experiment (for --resume); a client is rebuilt from its URI.
@@ -76,6 +83,14 @@ class Tracker:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
+
+    def runs_page_hint(self) -> str:
+        """How to open this experiment's runs in the MLflow UI."""
+        page = f"#/experiments/{self.experiment_id}/runs"
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return f"{self.tracking_uri.rstrip('/')}/{page}"
+        return (f"mlflow ui --backend-store-uri {self.tracking_uri} --host 127.0.0.1 --port 5000, "
+                f"then open http://127.0.0.1:5000/{page}")
 
     def find_run(self, **tags: str) -> str | None:
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in {TAG_EXPERIMENT_DIR: self.experiment_dir, **tags}.items())
@@ -181,8 +196,8 @@ class TrialLogger(Callback):
         run_id = self._run_for(trial)
         result = self.last_result.get(trial.trial_id) or trial.last_result or {}
         epochs = int(result.get("epoch", 0))
-        final = {f"final/{k.split('/', 1)[1]}": v for k, v in metrics_of(result).items()
-                 if k in ("test/top1", "test/top1_best", "test/top5")}
+        # The final model's validation and test figures: what the summary and report compare trials by.
+        final = {f"final/{k}": v for k, v in metrics_of(result).items() if k.startswith(("val/", "test/"))}
         final["final/epochs"] = float(epochs)
         self.tracker.log_metrics(run_id, final, epochs)
         reason = "completed" if epochs >= self.max_epochs else "stopped early by the scheduler"

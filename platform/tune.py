@@ -15,8 +15,7 @@ import gc
 import sys
 from typing import Any
 
-from bickd.config_io import ConfigError
-from bickd.train import parse_overrides
+from bickd.config_io import ConfigError, parse_overrides
 from platform.experiment import ExperimentConfig, default_paths, load_experiment
 from platform.ray_env import use_loopback
 
@@ -66,7 +65,7 @@ def plan_lines(experiment: ExperimentConfig, paths: dict[str, str]) -> list[str]
     if experiment.search is not None:
         search = experiment.search
         trials = (f"search: {search.num_samples} trials, Optuna {search.sampler} sampler (seed {search.seed}), "
-                  f"{search.mode} {search.metric}; space: {', '.join(search.space) or '(empty)'}")
+                  f"{search.goal} {search.metric}; space: {', '.join(search.space) or '(empty)'}")
         if search.points_to_evaluate:
             trials += f"; first {len(search.points_to_evaluate)} point(s) given"
     else:
@@ -81,9 +80,15 @@ def plan_lines(experiment: ExperimentConfig, paths: dict[str, str]) -> list[str]
     teacher = ("none" if experiment.teacher is None else
                f"{experiment.teacher.model} from {experiment.teacher.checkpoint}" if experiment.teacher.checkpoint
                else f"{experiment.teacher.model}, trained once before the trials")
+    from bickd.data.registry import val_fraction_of
+    fraction = val_fraction_of(experiment.data)
+    split = ("NO validation split (val_fraction 0): choices are made on the test set and overstate it"
+             if fraction == 0 else f"{fraction:.0%} of the training data held out for validation, which every "
+             "choice uses; test is measured on final models only")
     return [
         f"experiment   {experiment.name} ({experiment.mode})",
         f"data         {experiment.data.name}" + (f" at {experiment.data.root}" if experiment.data.root else ""),
+        f"splits       {split}",
         f"teacher      {teacher}",
         f"student      {experiment.student.model}, loss {experiment.loss.name}, "
         f"{experiment.recipe.epochs} epochs, batch {experiment.recipe.batch_size}",

@@ -1,5 +1,6 @@
 """The config object: validation with field-naming errors, overrides, and the experiment schema."""
 import pytest
+import yaml
 
 from bickd.config import TrainConfig
 from bickd.config_io import ConfigError, validate
@@ -27,7 +28,7 @@ def test_overrides_validate_and_replace_sections():
 
 
 @pytest.mark.parametrize("patch, message", [
-    ({"loss": {"name": "bickd", "tua": 0.1}}, "loss: unknown key 'tua' (did you mean 'tau'?)"),
+    ({"loss": {"name": "bickd", "tua": 0.1}}, "loss (bickd): unknown key 'tua' (did you mean 'tau'?)"),
     ({"loss": {"name": "bickd", "tau": 0}}, "loss.tau: Input should be greater than 0"),
     ({"loss": {"name": "bickd", "sim": "euclid"}}, "loss.sim"),
     ({"student": {"model": "resnet9"}}, "student.model: unknown name 'resnet9'"),
@@ -43,13 +44,75 @@ def test_errors_name_the_field(patch, message):
     assert "\n" not in str(err.value)
 
 
-def test_switching_the_loss_keeps_shared_parameters_only():
-    config = TrainConfig.model_validate({**BASE, "loss": {"name": "bickd", "T": 2.0, "w_ce": 0.3, "tau": 0.2}})
-    kd = config.with_overrides({"loss.name": "kd"})
-    assert kd.loss.name == "kd" and kd.loss.T == 2.0 and kd.loss.w_ce == 0.3
-    assert config.with_overrides({"loss.name": "ce"}).loss.name == "ce"
-    with pytest.raises(Exception, match="tau"):  # a key given with the switch is never dropped silently
-        config.with_overrides({"loss.name": "kd", "loss.tau": 0.5})
+# A base loss set away from its defaults, so a parameter carried over from it would show.
+BASES = {"bickd": {"name": "bickd", "T": 2.0, "w_ce": 0.3, "tau": 0.2, "warmup_epochs": 1},
+         "kd": {"name": "kd", "T": 2.0, "w_ce": 0.5, "w_kl": 0.5}}
+SWITCHES = [("bickd", "dist", {"tau": 4.0, "w_ce": 1.0, "beta": 2.0, "gamma": 2.0}),
+            ("bickd", "dkd", {"T": 4.0, "w_ce": 1.0, "alpha": 1.0, "beta": 8.0, "warmup_epochs": 20}),
+            ("kd", "bickd", {"T": 4.0, "w_ce": 0.1, "w_kl": 0.9, "tau": 0.1, "w_bc": 1.0, "warmup_epochs": 20})]
+
+
+def _experiment(tmp_path, base_loss: str, **sections) -> str:
+    tree = {"name": "switch", **BASE, "loss": BASES[base_loss], "storage_path": str(tmp_path / "runs"),
+            "scheduler": {"type": "none"}, **sections}
+    path = tmp_path / "switch.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return str(path)
+
+
+def _loss_of(config) -> dict:
+    return config.loss.model_dump()
+
+
+@pytest.mark.parametrize("old, new, defaults", SWITCHES, ids=[f"{o}-to-{n}" for o, n, _ in SWITCHES])
+def test_a_switched_loss_gets_its_own_defaults_in_a_search_an_arm_and_set(tmp_path, old, new, defaults):
+    from platform.trial import trial_config
+
+    search = load_experiment(_experiment(tmp_path, old, search={
+        "num_samples": 2, "space": {"loss.name": {"choice": [old, new]}}}))
+    from_search = trial_config(search.base_train_config(), {"loss.name": new}, None)
+    ablation = load_experiment(_experiment(tmp_path, old, ablation={
+        "seeds": [0], "reference": "base", "control": None, "arms": {"base": {}, "switched": {"loss.name": new}}}))
+    from_arm = trial_config(ablation.base_train_config(), {"arm": "switched", "seed": 0}, ablation.ablation.arms)
+    from_set = load_experiment(_experiment(tmp_path, old, search={"num_samples": 1}), {"loss.name": new})
+    for config in (from_search, from_arm, from_set):
+        loss = _loss_of(config)
+        assert loss["name"] == new
+        assert {k: loss[k] for k in defaults} == defaults  # nothing of the old loss carried over
+    # and the base loss keeps its own settings where it is not switched
+    assert _loss_of(trial_config(search.base_train_config(), {"loss.name": old}, None)) == \
+        _loss_of(search.base_train_config())
+
+
+def test_losses_section_sets_the_parameters_of_a_switched_to_loss(tmp_path):
+    from platform.trial import trial_config
+
+    experiment = load_experiment(_experiment(tmp_path, "bickd", losses={"dist": {"tau": 2.0}}, search={
+        "num_samples": 2, "space": {"loss.name": {"choice": ["bickd", "dist"]}}}))
+    dist = trial_config(experiment.base_train_config(), {"loss.name": "dist"}, None)
+    assert (dist.loss.tau, dist.loss.w_ce) == (2.0, 1.0)
+    assert experiment.base_train_config().loss.tau == 0.2  # BicKD's own tau is untouched
+
+
+@pytest.mark.parametrize("sections, overrides, message", [
+    ({"search": {"num_samples": 1}}, {"loss.name": "kd", "loss.tau": 0.5},
+     "loss (kd): unknown key 'tau'; allowed: T, name, w_ce, w_kl"),
+    ({"search": {"num_samples": 2, "space": {"loss.name": {"choice": ["kd", "bickd"]},
+                                             "loss.tau": {"uniform": [0.05, 0.2]}}}}, {},
+     "loss kd (a choice of loss.name) has no parameter 'tau'; sample it only for the losses that have one: "
+     "when: {loss.name: [bickd]}"),
+    ({"search": {"num_samples": 1}, "losses": {"bickd": {"tau": 0.3}}}, {}, "losses.bickd: bickd is this config's loss"),
+    ({"search": {"num_samples": 1}, "losses": {"dist": {"tau": -1}}}, {}, "dist.tau: Input should be greater than 0"),
+    ({"search": {"num_samples": 1}, "losses": {"dist": {"T": 4}}}, {}, "unknown key 'T'; dist takes: tau, w_ce"),
+    ({"search": {"num_samples": 1}, "losses": {"dkdd": {}}}, {}, "unknown loss 'dkdd' (did you mean 'dkd'?)"),
+    ({"search": {"num_samples": 2, "space": {"loss.name": {"choice": ["bickd", "dkd"]}}},
+      "recipe": {"epochs": 30, "schedule": "cosine"}, "scheduler": {"type": "asha", "grace_period": 5}}, {},
+     "scheduler.grace_period 5 is shorter than the warm-up of loss dkd (search.space.loss.name: warmup_epochs 20)"),
+])
+def test_bad_loss_combinations_are_one_line(tmp_path, sections, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_experiment(_experiment(tmp_path, "bickd", **sections), overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_distillation_needs_a_teacher():

@@ -36,14 +36,19 @@ def test_dry_run_of_the_shipped_experiments(name, capsys):
 
 
 def test_search_with_asha_stops_some_trials_and_logs_everything(ray_local, write_experiment, tmp_path):
+    """A search over the loss itself (two parameter-free options, DIST, and BicKD's own parameters): no
+    configuration trained twice, each loss at its own defaults, every choice made on validation."""
     path = write_experiment(
         "search", recipe={"epochs": 3},
         search={"num_samples": 6, "seed": 1,
-                "space": {"loss.tau": {"loguniform": [0.05, 0.5]}, "loss.w_bc": {"loguniform": [0.1, 4.0]},
-                          "loss.contrast": {"choice": ["full", "positive_only"]},
+                "space": {"loss.name": {"choice": ["ce", "kd", "dist", "bickd"]},
+                          "loss.tau": {"loguniform": [0.05, 0.5], "when": {"loss.name": "bickd"}},
+                          "loss.contrast": {"choice": ["full", "positive_only"], "when": {"loss.name": "bickd"}},
                           "loss.orthogonality": {"uniform": [0.0, 2.0], "when": {"loss.contrast": "full"}}},
-                "points_to_evaluate": [{"loss.tau": 0.1, "loss.w_bc": 1.0, "loss.contrast": "full",
-                                        "loss.orthogonality": 1.0}]},
+                # kd twice: the repeat is told kd's value and the sampler asked again, never trained
+                "points_to_evaluate": [{"loss.name": "bickd", "loss.tau": 0.1, "loss.contrast": "full",
+                                        "loss.orthogonality": 1.0}, {"loss.name": "kd"}, {"loss.name": "kd"},
+                                       {"loss.name": "dist"}]},
         scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3},
         resources={"cpus_per_trial": 1, "max_concurrent_trials": 2, "max_failures": 0})
     assert tune_cli.main([path]) == 0
@@ -51,6 +56,8 @@ def test_search_with_asha_stops_some_trials_and_logs_everything(ray_local, write
 
     client, parents = _runs(experiment_dir, "search", "experiment")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    experiment = client.get_experiment_by_name("search")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
     # The teacher was trained by this run: the accuracy logged is that of the checkpoint the trials distilled.
     from bickd.run import evaluate_weights
     from platform.experiment import load_experiment
@@ -59,31 +66,56 @@ def test_search_with_asha_stops_some_trials_and_logs_everything(ray_local, write
     assert checkpoint == os.path.join(experiment_dir, "teacher", "resnet8.pt")
     evaluated = evaluate_weights(load_experiment(path).base_train_config(), "resnet8",
                                  load_teacher_state("resnet8", 10, checkpoint))
-    assert parents[0].data.metrics["teacher/test_top1"] == pytest.approx(evaluated["top1"], abs=1e-9)
-    assert parents[0].data.metrics["teacher/test_loss"] == pytest.approx(evaluated["loss"], rel=1e-5)
+    logged = parents[0].data.metrics
+    assert logged["teacher/test/top1"] == pytest.approx(evaluated["test/top1"], abs=1e-9)
+    assert logged["teacher/val/top1"] == pytest.approx(evaluated["val/top1"], abs=1e-9)
+    assert logged["teacher/test/loss"] == pytest.approx(evaluated["test/loss"], rel=1e-5)
+    assert not [k for k in logged if k.startswith("teacher/test_")]  # one spelling only
+
     _, trials = _runs(experiment_dir, "search", "trial")
     assert len(trials) == 6
     assert {run.info.status for run in trials} == {"FINISHED"}
     assert all(run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for run in trials)
+    identities = {tuple(sorted((k, v) for k, v in run.data.params.items())) for run in trials}
+    assert len(identities) == 6  # six distinct configurations: nothing trained twice
+    by_loss = {}
+    for run in trials:
+        by_loss.setdefault(run.data.params["loss.name"], []).append(run)
+    assert len(by_loss["kd"]) == 1 and len(by_loss.get("ce", [])) <= 1
+    dist = by_loss["dist"][0].data.params  # DIST at its own defaults, not BicKD's tau 0.1 / w_ce 0.1
+    assert (float(dist["loss.tau"]), float(dist["loss.w_ce"])) == (4.0, 1.0)
     epochs = sorted(int(run.data.metrics["final/epochs"]) for run in trials)
     assert epochs[-1] == 3 and epochs[0] < 3, f"ASHA stopped no trial: {epochs}"
     for run in trials:
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "test/top1")]
-        assert steps == list(range(1, len(steps) + 1)), steps  # one step per epoch, none twice
-        assert "loss.tau" in run.data.params and "loss.name" in run.data.params
-    # The first trial ran the given point; conditional parameters appear only when their condition held.
+        for metric in ("val/top1", "test/top1"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
+            assert steps == list(range(1, len(steps) + 1)), steps  # one step per epoch, none twice
+        assert run.data.metrics["final/val/top1"] != run.data.metrics["final/test/top1"] or \
+            run.data.metrics["final/val/loss"] != run.data.metrics["final/test/loss"]  # two different splits
+    # Optuna was told validation values: each trained trial's study value is its run's final val/top1.
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{experiment_dir}/optuna.db")
-    assert len(study.trials) == 6
-    assert study.trials[0].params["loss.tau"] == pytest.approx(0.1)
+    trained = [t for t in study.trials if "repeat_of" not in t.user_attrs]
+    repeats = [t for t in study.trials if "repeat_of" in t.user_attrs]
+    assert len(trained) == 6 and repeats
+    assert sorted(t.value for t in trained) == pytest.approx(sorted(r.data.metrics["final/val/top1"] for r in trials))
+    for trial in repeats:
+        assert trial.value == study.trials[trial.user_attrs["repeat_of"]].value
     for trial in study.trials:
-        assert ("loss.orthogonality" in trial.params) == (trial.params["loss.contrast"] == "full")
+        if trial.params.get("loss.name") == "bickd":
+            assert ("loss.orthogonality" in trial.params) == (trial.params["loss.contrast"] == "full")
+        else:
+            assert set(trial.params) == {"loss.name"}
 
-    # The report: names the trial MLflow ranks first, has Optuna's views and learning curves as real PNGs.
+    # The summary and the report name the trial chosen on validation (not test) and show both figures.
+    rows = pd.read_csv(os.path.join(experiment_dir, "trials.csv"))
+    chosen = max(trials, key=lambda run: run.data.metrics["final/val/top1"])
     report = (tmp_path / "experiments" / "search" / "report" / "report.md").read_text()
-    best = max(trials, key=lambda run: run.data.metrics["final/top1"])
-    table = report.split("## Best trials")[1]
+    assert f"**{chosen.info.run_name}**, chosen by val/top1 on validation" in report
+    table = report.split("## Trials, best first by val/top1 (validation)")[1]
     first_row = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1]
-    assert first_row.split("|")[1].strip() == best.info.run_name
+    assert first_row.split("|")[1].strip() == chosen.info.run_name
+    assert f"test top-1 {chosen.data.metrics['final/test/top1']:.2f}%" in report
+    assert set(rows.val_top1.round(6)) == {round(r.data.metrics["final/val/top1"], 6) for r in trials}
     for name in ("optuna_history.png", "optuna_slice.png", "optuna_importances.png", "curves.png"):
         _assert_png(tmp_path / "experiments" / "search" / "report" / name)
     assert "not comparable" in report  # digits are not CIFAR-100
@@ -115,18 +147,19 @@ def test_ablation_produces_the_table(ray_local, write_experiment, tmp_path):
     assert len(trials) == 4
     by_arm = {}
     for run in trials:
-        by_arm.setdefault(run.data.params["arm"], []).append(run.data.metrics["final/top1_best"])
+        by_arm.setdefault(run.data.params["arm"], []).append(run.data.metrics["final/test/top1"])
     for row in table.itertuples():
-        assert row.best_mean == pytest.approx(sum(by_arm[row.arm]) / 2, abs=1e-9)
+        assert row.test_mean == pytest.approx(sum(by_arm[row.arm]) / 2, abs=1e-9)
     full, kd = table.set_index("arm").loc["full"], table.set_index("arm").loc["kd_only"]
-    assert full.delta_vs_control == pytest.approx(full.best_mean - kd.best_mean)
+    assert full.delta_vs_control == pytest.approx(full.test_mean - kd.test_mean)
     markdown = (experiment_dir / "results" / "ablation.md").read_text()
     assert "kd_only" in markdown and "±" in markdown
 
     # The report's ablation section is recomputed from MLflow and agrees with the table; it regenerates.
     report = (experiment_dir / "report" / "report.md").read_text()
     for row in table.itertuples():
-        assert f"{row.best_mean:.2f} ± {row.best_std:.2f}" in report.split("## Ablation")[1]
+        section = report.split("## Ablation")[1]
+        assert f"{row.test_mean:.2f} ± {row.test_std:.2f}" in section and f"{row.val_mean:.2f} ± {row.val_std:.2f}" in section
     _assert_png(experiment_dir / "report" / "ablation.png")
     (experiment_dir / "report" / "report.md").unlink()
     from platform import report as report_cli
@@ -144,7 +177,11 @@ def test_torch_trainer_trial_with_two_gloo_workers(ray_local, write_experiment, 
     _, trials = _runs(experiment_dir, "ddp", "trial")
     assert len(trials) == 1 and trials[0].info.status == "FINISHED"
     metrics = trials[0].data.metrics
-    assert 0 <= metrics["final/top1"] <= 100 and metrics["final/epochs"] == 1
+    assert metrics["final/epochs"] == 1
+    # accuracy over the whole test set, all-reduced over both ranks: a whole number of the 719 test digits
+    # (rank 0's half alone would be a multiple of 1/360)
+    hits = metrics["final/test/top1"] / 100 * 719
+    assert abs(hits - round(hits)) < 1e-6
     assert os.path.isdir(os.path.join(str(tmp_path / "experiments"), "train_runs"))
 
 
@@ -181,6 +218,6 @@ def test_a_reused_trial_process_gives_the_same_result_as_a_fresh_one(ray_local, 
         histories[run.data.params["arm"]] = {
             name: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, name),
                                                      key=lambda m: m.step)]
-            for name in ("train/loss", "train/kl", "train/row", "train/col", "test/loss", "test/top1")}
+            for name in ("train/loss", "train/kl", "train/row", "train/col", "val/loss", "val/top1", "test/top1")}
     assert len(histories["first"]["train/loss"]) == 2
     assert histories["first"] == histories["second"]  # bit for bit, epoch by epoch
