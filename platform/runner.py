@@ -292,10 +292,11 @@ def _summarise(experiment, paths, rows: pd.DataFrame, tracker, parent) -> str:
         best = chosen_trial(ok, metric, mode)
         if best is not None:
             shown = {"trial_id", "epochs", "error", *map(_column, FINAL_METRICS)}
-            params = {k: _short(v) for k, v in best.items() if k not in shown}
-            lines.append(f"chosen trial {best.trial_id} ({mode} {metric} on the validation split): "
-                         f"validation top-1 {best.val_top1:.2f}%, test top-1 {best.test_top1:.2f}% "
-                         f"(final model, {int(best.epochs)} epochs; test chose nothing); {params}")
+            params = ", ".join(f"{k}={_short(v)}" for k, v in best.items() if k not in shown and v == v)
+            lines.append(f"chosen trial {best.trial_id} ({params or 'the base config'}), by {mode} {metric} on "
+                         f"the validation split: validation top-1 {best.val_top1:.2f}%, test top-1 "
+                         f"{best.test_top1:.2f}% (final model after {int(best.epochs)} epochs; test was not used "
+                         f"to choose)")
     if experiment.chooses_on_test:
         lines.append("note: data.val_fraction is 0, so there is no validation split: every choice above was "
                      "made on the test set and its test figures are optimistic")
