@@ -1,7 +1,7 @@
 """The base class of every config section: strict (unknown keys are errors) and immutable.
 
 Pydantic does the validation so that an error names the field, the bad value and what is allowed;
-`platform/experiment.py` turns its errors into one readable line.
+`bickd/config_io.py` turns its errors into one readable line.
 """
 from pydantic import BaseModel, ConfigDict
 

@@ -43,11 +43,15 @@ def cache_key(config, teacher_state: dict[str, torch.Tensor]) -> dict[str, Any]:
             "view_epochs": config.teacher_cache.epochs, "amp": config.runtime.amp}
 
 
-def cache_folder(parent: str, key: dict[str, Any]) -> str:
-    """Where the cache of `key` lives under `parent`: one folder per distinct key, so a changed teacher,
-    data set or augmentation gets a new cache instead of a refused one."""
+def cache_name(key: dict[str, Any]) -> str:
+    """The folder name of the cache of `key`: one per distinct key, so a changed teacher, data set or
+    augmentation gets a new cache instead of a refused one."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return os.path.join(parent, f"{key['teacher_model']}-s{key['view_seed']}-e{key['view_epochs']}-{digest}")
+    return f"{key['teacher_model']}-s{key['view_seed']}-e{key['view_epochs']}-{digest}"
+
+
+def cache_folder(parent: str, key: dict[str, Any]) -> str:
+    return os.path.join(parent, cache_name(key))
 
 
 def _file_sha256(path: str) -> str:
@@ -91,8 +95,11 @@ class TeacherLogitCache:
         manifest_path = os.path.join(folder, MANIFEST)
         if not os.path.isfile(manifest_path):
             raise CacheError(f"teacher cache {folder}: no {MANIFEST} (not a cache, or an interrupted build)")
-        with open(manifest_path, encoding="utf-8") as handle:
-            manifest = json.load(handle)
+        try:
+            with open(manifest_path, encoding="utf-8") as handle:
+                manifest = json.load(handle)
+        except (ValueError, UnicodeDecodeError):
+            raise CacheError(f"teacher cache {folder}: {MANIFEST} is not readable JSON (corrupt or truncated)") from None
         differing = sorted(k for k in set(expected_key) | set(manifest["key"])
                            if expected_key.get(k) != manifest["key"].get(k))
         if differing:

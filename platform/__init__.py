@@ -1,10 +1,10 @@
-"""`platform` is both this project's package and, transparently, Python's standard-library module.
+"""`platform` is both the folder of this project's entry points and, transparently, Python's stdlib module.
 
-Run from the repository root, this folder shadows the stdlib `platform` that torch, ray, mlflow, pandas
-and pytest import for `platform.system()` and friends. So this file loads the real stdlib module from its
-own file, grafts this folder onto it as a package path (`platform.tune` still resolves as a submodule) and
-puts that module in `sys.modules`: every `import platform` anywhere gets the stdlib API plus our
-submodules. See docs/architecture.md ("the platform package").
+Run from the repository root, this folder shadows the stdlib `platform` that torch, ray, mlflow, pandas and
+pytest import for `platform.system()` and friends. So this file loads the real stdlib module from its own
+file, grafts this folder onto it as a package path (`platform.tune` still resolves as a submodule) and puts
+that module in `sys.modules`. The platform's code itself is the package `bickd_tune` (README, "The platform
+package").
 """
 import importlib.util
 import os

@@ -41,7 +41,7 @@ def _prepare(case: dict, tmp_path) -> list[str]:
 
 @pytest.mark.parametrize("case", CATALOGUE, ids=[c["id"] for c in CATALOGUE])
 def test_bad_input_is_refused_cleanly(case, tmp_path, capsys):
-    from platform import tune as tune_cli
+    from bickd_tune import tune as tune_cli
 
     argv = _prepare(case, tmp_path)
     try:
@@ -66,3 +66,29 @@ def test_cli_subprocess_prints_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "loss.tau" in result.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_a_wrong_artifact_bucket_or_storage_bucket_is_one_line_before_anything_starts(tmp_path):
+    """A real MLflow server whose artifact store is a bucket that does not exist, and a --storage bucket that
+    does not exist, on a real local S3 server: each is one error line, exit 2, before Ray or a trial starts."""
+    from tests.servers import CREDENTIALS, mlflow_server, s3_server
+
+    with s3_server("present") as (endpoint, uri), \
+            mlflow_server(str(tmp_path), "s3://absent/mlflow", endpoint) as broken_tracking:
+        path = tmp_path / "remote.yaml"
+        path.write_text(yaml.safe_dump({**BASE, "name": "remote"}))
+        env = {**os.environ, **CREDENTIALS, "BICKD_STATE_DIR": str(tmp_path / "state"), "RAY_AUTH_MODE": "disabled"}
+        working_tracking = "sqlite:///" + str(tmp_path / "ok" / "mlflow.db")
+        cases = [  # (storage, tracking, the error line)
+            (uri("experiments"), broken_tracking, "cannot store artifacts"),
+            (uri("experiments").replace("s3://present/", "s3://absent/"), working_tracking,
+             "storage_path: cannot write to s3://absent"),
+        ]
+        for storage, tracking, message in cases:
+            args = [sys.executable, "-m", "platform.tune", str(path), "--storage", storage, "--tracking-uri", tracking]
+            result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+            assert len(lines) == 1 and message in lines[0], lines
+            assert "Traceback" not in result.stdout + result.stderr
+            assert not (tmp_path / "state" / "remote").exists()

@@ -48,7 +48,7 @@ PROJECT_MOUNT = "~/bickd-tune"          # where file_mounts puts the checkout on
 PYTHON_TAG = "py311"                    # pyproject: requires-python >= 3.11
 IMAGE = f"rayproject/ray:{ray.__version__}-{PYTHON_TAG}-gpu"
 ARTIFACT_SCHEME = {"aws": "s3://", "gcp": "gs://", "azure": "wasbs://"}
-PROJECT_CODE = ("bickd/", "platform/", "search_spaces/", "pyproject.toml")
+PROJECT_CODE = ("bickd/", "bickd_tune/", "platform/", "search_spaces/", "pyproject.toml")
 
 # GPU instance families per cloud (the schema accepts any string here).
 AWS_GPU_FAMILIES = {"g4dn", "g5", "g6", "g6e", "p3", "p4d", "p4de", "p5", "p5e"}
@@ -449,7 +449,7 @@ def project_problems(cloud: str, config: dict[str, Any]) -> list[str]:
 @functools.lru_cache(maxsize=None)
 def shipped_experiments() -> dict[str, Any]:
     """File name -> validated experiment, for every experiment YAML in search_spaces/."""
-    from platform.experiment import load_experiment
+    from bickd_tune.experiment import load_experiment
 
     return {path.name: load_experiment(str(path)) for path in sorted(SHIPPED.glob("*.yaml"))}
 
@@ -530,7 +530,7 @@ def copies_that_fit(node: dict[str, float], bundle: dict[str, float]) -> int:
 
 def trial_bundles(resources) -> tuple[dict[str, float], int, dict[str, float]]:
     """(one device worker's bundle, device workers per trial, the bundle of the trial driving them or {}),
-    as platform/runner.py and platform/trial.py ask Ray for them."""
+    as bickd_tune/runner.py and bickd_tune/trial.py ask Ray for them."""
     device = {"CPU": resources.cpus_per_trial, "GPU": resources.gpus_per_trial, **resources.custom_resources}
     if resources.num_workers == 0:
         return device, 1, {}
@@ -1102,7 +1102,7 @@ def test_readme_ray_commands_exist_in_ray_cli():
 def _platform_commands(text_parts: list[str]) -> list[str]:
     found = []
     for part in text_parts:
-        for match in re.finditer(r"python -m platform\.tune [^\"'`\n]*", part):
+        for match in re.finditer(r"python -m platform\.tune (?:[^\"'`\n]|\"[^\"\n]*\")*", part):
             command = match.group(0).split(" #")[0].strip()
             args = command.split()[3:]
             if "..." not in command and args and not args[0].startswith("<"):
@@ -1111,8 +1111,8 @@ def _platform_commands(text_parts: list[str]) -> list[str]:
 
 
 def _validate_platform_command(command: str):
-    from platform.experiment import load_experiment
-    from platform.tune import build_parser, cli_overrides
+    from bickd_tune.experiment import load_experiment
+    from bickd_tune.tune import build_parser, cli_overrides
 
     tokens = shlex.split(command)
     assert tokens[:3] == ["python", "-m", "platform.tune"], command
@@ -1130,7 +1130,7 @@ def test_readme_platform_commands_parse_and_validate():
     assert len(commands) >= 3
     for command in commands:
         args, experiment = _validate_platform_command(command)
-        assert args.address == "auto", command
+        assert args.address == "auto" or args.address.startswith("127.0.0.1:"), command  # a cluster or the local one
         assert experiment.is_remote and experiment.tracking.tracking_uri.startswith("http"), command
 
 
@@ -1280,7 +1280,7 @@ def kuberay_problems(job: dict[str, Any]) -> list[str]:
     from ray.runtime_env import RuntimeEnv
     from ray.runtime_env.runtime_env import _merge_runtime_env
 
-    from platform.ray_env import worker_env
+    from bickd_tune.ray_env import code_modules
 
     problems = []
     if job.get("apiVersion") != "ray.io/v1" or job.get("kind") != "RayJob":
@@ -1296,7 +1296,7 @@ def kuberay_problems(job: dict[str, Any]) -> list[str]:
         problems.append(f"rayVersion {cluster.get('rayVersion')!r} != installed Ray {ray.__version__}")
 
     # The runtime env: a valid Ray runtime env that carries the code and installs the project, and that
-    # merges with the runtime env the platform's own ray.init passes (PYTHONPATH) instead of conflicting.
+    # merges with the runtime env the platform's own ray.init passes (py_modules) instead of conflicting.
     try:
         env = yaml.safe_load(spec.get("runtimeEnvYAML") or "{}") or {}
         runtime_env = RuntimeEnv(**env)
@@ -1305,8 +1305,8 @@ def kuberay_problems(job: dict[str, Any]) -> list[str]:
         packages = env.get("pip") if isinstance(env.get("pip"), list) else (env.get("pip") or {}).get("packages", [])
         if not any("${RAY_RUNTIME_ENV_CREATE_WORKING_DIR}" in p for p in packages):
             problems.append("runtimeEnvYAML pip must install the project from the working dir")
-        if _merge_runtime_env(runtime_env, RuntimeEnv(env_vars=worker_env())) is None:
-            problems.append("runtimeEnvYAML conflicts with the platform's ray.init runtime env (PYTHONPATH)")
+        if _merge_runtime_env(runtime_env, RuntimeEnv(py_modules=code_modules())) is None:
+            problems.append("runtimeEnvYAML conflicts with the platform's ray.init runtime env (py_modules)")
     except (ValueError, TypeError, yaml.YAMLError) as err:
         problems.append(f"runtimeEnvYAML is not a valid Ray runtime env: {err}")
     # Every other submission mode hands the runtime env to `ray job submit` inside `bash -c "..."`, where
@@ -1445,8 +1445,8 @@ KUBERAY_BROKEN: dict[str, tuple[Callable[[dict], None], str]] = {
     "no GPU requested": (lambda j: _first_worker_container(j)["resources"]["limits"].pop("nvidia.com/gpu"),
                          "nvidia.com/gpu"),
     "no /dev/shm": (lambda j: _first_worker_container(j).pop("volumeMounts"), "/dev/shm"),
-    "PYTHONPATH in the job's env": (lambda j: j["spec"].update(runtimeEnvYAML=j["spec"]["runtimeEnvYAML"]
-                                                               + "env_vars: {PYTHONPATH: /app}\n"), "conflicts"),
+    "py_modules in the job's env": (lambda j: j["spec"].update(runtimeEnvYAML=j["spec"]["runtimeEnvYAML"]
+                                                               + "py_modules: [\"s3://bucket/bickd.zip\"]\n"), "conflicts"),
     "dashboard on loopback": (lambda j: j["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"].update(
         {"dashboard-host": "127.0.0.1"}), "dashboard"),
     "default submitter shell": (lambda j: j["spec"].pop("submissionMode"), "submissionMode"),

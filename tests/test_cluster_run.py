@@ -4,22 +4,25 @@ the way a lost spot worker kills it."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from platform.tracking import TAG_KIND
+from bickd_tune.processes import processes_under, stop_processes_under
+from bickd_tune.tracking import TAG_KIND
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A real multi-node cluster: the loopback-only switch the other tests set would refuse the second node.
-ENV = {**os.environ, "PYTHONPATH": REPO, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-       "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "RAY_AUTH_MODE": "disabled",
+       "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(480)]
 
@@ -32,23 +35,29 @@ def _free_port() -> int:
 
 @pytest.fixture
 def two_node_cluster():
+    """Two `ray start` nodes in a Ray temp folder of the test's own: stopped through it, never `ray stop`."""
     if ray.is_initialized():
         ray.shutdown()
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                    "--node-ip-address=127.0.0.1"], env=ENV, check=True, capture_output=True, timeout=120)
+    temp_dir = tempfile.mkdtemp(prefix="bickd-t-")  # short: Ray's socket paths must fit
     try:
+        subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                        "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}"], env=ENV, check=True,
+                       capture_output=True, timeout=120)
         subprocess.run([RAY, "start", f"--address={address}", "--num-cpus=2", "--node-ip-address=127.0.0.1"],
                        env=ENV, check=True, capture_output=True, timeout=120)
-        yield address
+        yield {"address": address, "temp_dir": temp_dir}
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=ENV, capture_output=True, timeout=120)
+        stop_processes_under(temp_dir)
+        assert not processes_under(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _trial_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "ImplicitFunc"], capture_output=True, text=True).stdout
-    return [int(pid) for pid in out.split()]
+def _trial_pids(temp_dir: str) -> list[int]:
+    """This cluster's trial processes (never another Ray's on the machine)."""
+    return [pid for pid in processes_under(temp_dir)
+            if open(f"/proc/{pid}/cmdline", "rb").read().startswith(b"ray::ImplicitFunc")]
 
 
 def test_experiment_through_address_survives_a_killed_trial(two_node_cluster, write_experiment, tmp_path):
@@ -58,7 +67,7 @@ def test_experiment_through_address_survives_a_killed_trial(two_node_cluster, wr
         scheduler={"type": "none"},
         resources={"cpus_per_trial": 1, "max_concurrent_trials": 2, "max_failures": 2})
     experiment_dir = tmp_path / "experiments" / "remote"
-    driver = subprocess.Popen([sys.executable, "-m", "platform.tune", path, "--address", two_node_cluster,
+    driver = subprocess.Popen([sys.executable, "-m", "platform.tune", path, "--address", two_node_cluster["address"],
                                "--no-report"], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     # Wait for a first epoch checkpoint, then SIGKILL one trial process (what a lost node does to it).
@@ -66,7 +75,7 @@ def test_experiment_through_address_survives_a_killed_trial(two_node_cluster, wr
     killed = None
     while time.time() < deadline and driver.poll() is None and killed is None:
         checkpoints = list(experiment_dir.glob("run_trial_*/checkpoint_*")) if experiment_dir.exists() else []
-        pids = _trial_pids()
+        pids = _trial_pids(two_node_cluster["temp_dir"])
         if checkpoints and pids:
             killed = pids[0]
             os.kill(killed, signal.SIGKILL)
@@ -95,7 +104,7 @@ def test_two_experiments_at_once_keep_to_themselves(two_node_cluster, write_expe
         resources={"cpus_per_trial": 1, "max_concurrent_trials": 1, "max_failures": 0}) for name in ("left", "right")]
     # the shared store's schema is created once before the two drivers race to write to it
     MlflowClient(tracking).search_experiments()
-    drivers = [subprocess.Popen([sys.executable, "-m", "platform.tune", path, "--address", two_node_cluster,
+    drivers = [subprocess.Popen([sys.executable, "-m", "platform.tune", path, "--address", two_node_cluster["address"],
                                  "--no-report"], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True) for path in paths]
     outputs = [driver.communicate(timeout=400)[0] for driver in drivers]
@@ -106,7 +115,7 @@ def test_two_experiments_at_once_keep_to_themselves(two_node_cluster, write_expe
     runs = client.search_runs([experiment_id])
     for name in ("left", "right"):
         folder = str(tmp_path / "experiments" / name)
-        mine = [r for r in runs if r.data.tags["bickd.experiment_dir"] == folder]
+        mine = [r for r in runs if r.data.tags["bickd.experiment"] == folder]
         parents = [r for r in mine if r.data.tags[TAG_KIND] == "experiment"]
         trials = [r for r in mine if r.data.tags[TAG_KIND] == "trial"]
         assert len(parents) == 1 and len(trials) == 2

@@ -18,7 +18,7 @@ from bickd.data.cifar import write_cifar100
 
 def test_importing_the_training_code_leaves_torchvision_out():
     # torchvision pulls in torch._dynamo (seconds per trial process); bickd imports it only where used
-    code = "import sys, bickd.run, platform.trial; print('torchvision' in sys.modules)"
+    code = "import sys, bickd.run, bickd_tune.trial; print('torchvision' in sys.modules)"
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
     assert out.stdout.split()[-1:] == ["False"], out.stderr[-2000:]

@@ -1,4 +1,5 @@
-"""`platform/` shadows the stdlib module from the repo root; the stdlib API must keep working everywhere."""
+"""`platform/` shadows the stdlib module from the repo root; the stdlib API must keep working everywhere, and the
+platform's code (`bickd_tune`) imports from anywhere, whatever imported the stdlib `platform` first."""
 import os
 import subprocess
 import sys
@@ -15,19 +16,33 @@ def _run(args, **kwargs):
 
 def test_stdlib_api_and_submodules_in_this_process():
     import platform
-    import platform.experiment  # a submodule of the project
+    import platform.tune  # the CLI entry point, a submodule of the project's folder
 
+    import bickd_tune.tune
     assert platform.system() == os.uname().sysname
     assert platform.python_version() == ".".join(map(str, sys.version_info[:3]))
-    assert platform.experiment.ExperimentConfig is not None
+    assert platform.tune.run_cli is bickd_tune.tune.run_cli
+
+
+def test_the_platform_code_imports_where_the_stdlib_platform_came_first(tmp_path):
+    """What a Jupyter/IPython kernel, a debugger or a Ray worker does: the stdlib `platform` is imported before
+    anything of ours, in the repository or anywhere else, without PYTHONPATH."""
+    code = ("import platform; platform.system(); import bickd_tune.runner, bickd_tune.trial, bickd_tune.report; "
+            "from bickd_tune.tune import build_parser; print(build_parser().prog, platform.machine())")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for folder in (REPO, str(tmp_path)):
+        result = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, text=True, env=env,
+                                timeout=120)
+        assert result.returncode == 0, (folder, result.stderr[-2000:])
+        assert result.stdout.split()[:3] == ["python", "-m", "platform.tune"]
 
 
 def test_python_dash_m_entry_point_and_libraries_that_call_platform():
     code = ("import platform, torch, mlflow, ray; "
-            f"print({STDLIB_CALLS}); import platform.tune; print('tune', platform.tune.main.__name__)")
+            f"print({STDLIB_CALLS}); import platform.tune; print('tune', platform.tune.run_cli.__name__)")
     result = _run([sys.executable, "-c", code])
     assert result.returncode == 0, result.stderr
-    assert "tune main" in result.stdout
+    assert "tune run_cli" in result.stdout
     help_text = _run([sys.executable, "-m", "platform.tune", "--help"])
     assert help_text.returncode == 0, help_text.stderr
     assert "--dry-run" in help_text.stdout

@@ -10,7 +10,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = """
 import sys
-from platform.ray_env import use_loopback, init_ray
+from bickd_tune.ray_env import use_loopback, init_ray
 took = use_loopback()
 import ray
 init_ray(num_cpus=1)
@@ -35,7 +35,7 @@ def test_local_instance_uses_loopback(tmp_path):
 
 
 def test_loopback_is_not_forced_once_ray_is_imported():
-    out = subprocess.run([sys.executable, "-c", "import ray; from platform.ray_env import use_loopback; "
+    out = subprocess.run([sys.executable, "-c", "import ray; from bickd_tune.ray_env import use_loopback; "
                           "import os; os.environ.pop('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', None); "
                           "print(use_loopback())"], cwd=REPO, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": REPO})

@@ -11,8 +11,8 @@ import optuna
 from ray.tune.search import Searcher
 
 from bickd.config import TrainConfig
-from platform.experiment import SearchConfig
-from platform.search import TrialKey, build_searcher, exhausted
+from bickd_tune.experiment import SearchConfig
+from bickd_tune.search import TrialKey, build_searcher, exhausted
 
 BASE = TrainConfig.model_validate({"data": {"name": "digits"}, "teacher": {"model": "resnet8"},
                                    "student": {"model": "resnet8"}, "recipe": {"epochs": 2, "schedule": "cosine"}})

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from platform import tune as tune_cli
-from platform.tracking import TAG_KIND
+from bickd_tune import tune as tune_cli
+from bickd_tune.tracking import TAG_KIND
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
 
@@ -60,8 +60,8 @@ def test_search_with_asha_stops_some_trials_and_logs_everything(ray_local, write
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
     # The teacher was trained by this run: the accuracy logged is that of the checkpoint the trials distilled.
     from bickd.run import evaluate_weights
-    from platform.experiment import load_experiment
-    from platform.teacher import load_teacher_state
+    from bickd_tune.experiment import load_experiment
+    from bickd_tune.teacher import load_teacher_state
     checkpoint = parents[0].data.tags["teacher_checkpoint"]
     assert checkpoint == os.path.join(experiment_dir, "teacher", "resnet8.pt")
     evaluated = evaluate_weights(load_experiment(path).base_train_config(), "resnet8",
@@ -162,7 +162,7 @@ def test_ablation_produces_the_table(ray_local, write_experiment, tmp_path):
         assert f"{row.test_mean:.2f} ± {row.test_std:.2f}" in section and f"{row.val_mean:.2f} ± {row.val_std:.2f}" in section
     _assert_png(experiment_dir / "report" / "ablation.png")
     (experiment_dir / "report" / "report.md").unlink()
-    from platform import report as report_cli
+    from bickd_tune import report as report_cli
     assert report_cli.main([str(experiment_dir)]) == 0
     assert (experiment_dir / "report" / "report.md").read_text() == report
 

@@ -7,6 +7,8 @@ official archive; a locally written set records its own files' MD5s in `bickd-ma
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -62,10 +64,25 @@ def _open(root: str, train: bool, download: bool):
         if os.path.exists(manifest):
             with open(manifest, encoding="utf-8") as handle:
                 return _local_cifar100_class()(root, train, json.load(handle)["md5"])
-        return CIFAR100(root, train=train, download=download)
+        if download:
+            with _download_lock(root):  # trials starting together on one node download it once
+                return CIFAR100(root, train=train, download=True)
+        return CIFAR100(root, train=train, download=False)
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
         raise DataError(f"CIFAR-100 not found or corrupted in {os.path.join(root, FOLDER)} ({err}); "
                         "set data.download: true, or unpack cifar-100-python.tar.gz there") from None
+
+
+@contextlib.contextmanager
+def _download_lock(root: str):
+    """An exclusive lock on `<root>/.download.lock` while torchvision downloads and unpacks the archive."""
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, ".download.lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _coarse_labels(root: str, train: bool) -> np.ndarray | None:

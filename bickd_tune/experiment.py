@@ -14,9 +14,9 @@ from bickd.config_io import ConfigError, describe, read_yaml, validate
 from bickd.losses import LOSSES
 from bickd.names import did_you_mean
 from bickd.schema import StrictModel
+from bickd_tune.storage import REMOTE_SCHEMES
 
 Scalar = int | float | str | bool | None
-REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "abfss://", "az://", "hdfs://")
 # What a search may choose on, and which way is better. All are validation metrics: the test split is
 # measured on each trial's final model and never used to choose anything.
 OBJECTIVES = {"val/top1": "max", "val/top5": "max", "val/loss": "min"}
@@ -171,7 +171,8 @@ class TrackingConfig(StrictModel):
 class ExperimentConfig(TrainConfig):
     name: str = Field(description="experiment name: letters, digits, '-', '_', '.'")
     description: str = ""
-    storage_path: str = Field("experiments", description="local folder or s3:// / gs:// / abfss:// URI")
+    storage_path: str = Field("experiments", description="local folder (made absolute against the current "
+                              "folder) or s3:// / gs:// / abfss:// URI, with pyarrow's ?query options if needed")
     search: SearchConfig | None = None
     ablation: AblationConfig | None = None
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
@@ -244,11 +245,29 @@ def load_experiment(path: str, overrides: dict[str, Any] | None = None) -> Exper
         tree = apply_overrides(tree, overrides or {})
     except ValueError as err:
         raise ConfigError(f"--set: {err}") from None
-    experiment = validate(ExperimentConfig, tree, source=path)
+    experiment = validate(ExperimentConfig, _absolute_paths(tree), source=path)
     trials = _check_trials_are_valid(experiment, path)
     _check_losses_of_the_search(experiment, path)
     _check_grace_period_covers_warmups(experiment, trials, path)
     return experiment
+
+
+FILE_FIELDS = (("storage_path",), ("data", "root"), ("teacher", "data", "root"), ("teacher", "checkpoint"))
+
+
+def _absolute_paths(tree: dict[str, Any]) -> dict[str, Any]:
+    """Relative data roots and checkpoints made absolute (against the driver's folder): trials run in folders
+    of their own (Tune changes into each trial's), where a relative path would name another place."""
+    for fields in FILE_FIELDS:
+        node = tree
+        for key in fields[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        leaf = fields[-1]
+        if isinstance(node, dict) and isinstance(node.get(leaf), str) and "://" not in node[leaf]:
+            node[leaf] = os.path.abspath(os.path.expanduser(node[leaf]))
+        elif isinstance(node, dict) and isinstance(node.get(leaf), str) and node[leaf].startswith("file://"):
+            node[leaf] = os.path.abspath(node[leaf].removeprefix("file://"))
+    return tree
 
 
 def _check_trials_are_valid(experiment: ExperimentConfig, source: str) -> list[tuple[str, TrainConfig]]:
@@ -315,21 +334,3 @@ def _check_grace_period_covers_warmups(experiment: ExperimentConfig, trials: lis
                 f"{source}: scheduler.grace_period {grace} is shorter than the warm-up of loss {trial.loss.name} "
                 f"({where}: warmup_epochs {warmup:g}): ASHA would stop those trials before their loss is fully on; "
                 f"set scheduler.grace_period >= {warmup:g} or a shorter warm-up")
-
-
-def default_paths(experiment: ExperimentConfig) -> dict[str, str]:
-    """Where everything of an experiment goes. Local storage keeps it all in one folder."""
-    if experiment.is_remote:
-        local = os.path.abspath(os.path.join(os.path.expanduser("~/.bickd"), experiment.name))
-        root = experiment.storage_path.rstrip("/")
-    else:
-        local = os.path.abspath(os.path.join(experiment.storage_path.removeprefix("file://"), experiment.name))
-        root = os.path.dirname(local)
-    return {
-        "storage_path": root,
-        "tune_path": f"{root}/{experiment.name}" if experiment.is_remote else local,  # Tune's experiment folder
-        "experiment_dir": local,
-        "tracking_uri": experiment.tracking.tracking_uri or f"sqlite:///{os.path.join(local, 'mlflow.db')}",
-        "optuna_storage": f"sqlite:///{os.path.join(local, 'optuna.db')}",
-        "teacher_checkpoint": os.path.join(local, "teacher", f"{experiment.teacher.model if experiment.teacher else 'none'}.pt"),
-    }

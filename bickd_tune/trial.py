@@ -17,6 +17,7 @@ import torch
 
 from bickd.config import TrainConfig
 from bickd.run import fit
+from bickd_tune.storage import Storage, is_remote, join, without_query
 
 STATE_FILE = "state.pt"
 
@@ -30,6 +31,19 @@ def trial_overrides(point: dict[str, Any], arms: dict[str, dict[str, Any]] | Non
 
 def trial_config(base: TrainConfig, point: dict[str, Any], arms: dict[str, dict[str, Any]] | None) -> TrainConfig:
     return base.with_overrides(trial_overrides(point, arms))
+
+
+def local_teacher_cache(config: TrainConfig) -> TrainConfig:
+    """`config` reading its teacher-logit cache from this node's disk: a cache in remote storage is fetched
+    once per node (into $BICKD_CACHE_DIR, default ~/.cache/bickd) and verified by its checksums when opened."""
+    path = config.teacher_cache.path
+    if not config.teacher_cache.enabled or path is None or not is_remote(path):
+        return config
+    root = os.path.expanduser(os.environ.get("BICKD_CACHE_DIR", "~/.cache/bickd"))
+    local = os.path.join(root, "teacher_cache", os.path.basename(without_query(path).rstrip("/")))
+    if not os.path.isdir(local):
+        Storage(path).download("", local)
+    return config.with_overrides({"teacher_cache.path": local})
 
 
 def _report_with(report_fn, checkpoint_cls):
@@ -52,27 +66,25 @@ def _load_state(checkpoint) -> dict[str, Any] | None:
 
 
 def run_trial(point: dict[str, Any], *, base: TrainConfig, arms: dict[str, dict[str, Any]] | None,
-              teacher_state: dict[str, torch.Tensor] | None, num_workers: int, cpus_per_worker: float,
-              gpus_per_worker: float, storage_path: str, max_failures: int,
-              custom_resources: dict[str, float] | None = None) -> None:
-    """The Tune trainable (wrapped with `tune.with_parameters` by the driver)."""
+              teacher_state: dict[str, torch.Tensor] | None, num_workers: int, worker_resources: dict[str, float],
+              storage_path: str, max_failures: int) -> None:
+    """The Tune trainable (wrapped with `tune.with_parameters` by the driver). `worker_resources` is what
+    the trial trains on: its own (num_workers 0) or each DDP worker's."""
     from ray import tune
 
-    config = trial_config(base, point, arms)
+    config = local_teacher_cache(trial_config(base, point, arms))
     if num_workers == 0:
         if config.runtime.threads is None:
-            torch.set_num_threads(max(1, int(cpus_per_worker)))
+            torch.set_num_threads(max(1, int(worker_resources["CPU"])))
         from ray.tune import Checkpoint
         fit(config, report=_report_with(tune.report, Checkpoint), resume=_load_state(tune.get_checkpoint()),
             teacher_state=teacher_state)
         return
-    _run_torch_trainer(config, teacher_state, num_workers, cpus_per_worker, gpus_per_worker,
-                       storage_path, max_failures, custom_resources or {})
+    _run_torch_trainer(config, teacher_state, num_workers, worker_resources, storage_path, max_failures)
 
 
-def _run_torch_trainer(config: TrainConfig, teacher_state, num_workers: int, cpus_per_worker: float,
-                       gpus_per_worker: float, storage_path: str, max_failures: int,
-                       custom_resources: dict[str, float]) -> None:
+def _run_torch_trainer(config: TrainConfig, teacher_state, num_workers: int, worker_resources: dict[str, float],
+                       storage_path: str, max_failures: int) -> None:
     import ray.train
     from ray import tune
     from ray.train.torch import TorchTrainer
@@ -82,15 +94,12 @@ def _run_torch_trainer(config: TrainConfig, teacher_state, num_workers: int, cpu
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"config": config.model_dump(mode="json"), "teacher_state": teacher_state},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=num_workers, use_gpu=gpus_per_worker > 0,
-            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {}),
-                                  **custom_resources}),
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=worker_resources.get("GPU", 0) > 0,
+                                               resources_per_worker=worker_resources),
         run_config=ray.train.RunConfig(
             # A stable name per trial: when Tune restarts the trial, Train finds its checkpoints again.
             name=f"{context.get_experiment_name()}-{context.get_trial_id()}",
-            storage_path=os.path.join(storage_path, "train_runs") if "://" not in storage_path
-            else storage_path.rstrip("/") + "/train_runs",
+            storage_path=join(storage_path, "train_runs"),
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=max_failures, controller_failure_limit=0)),
     )
@@ -102,7 +111,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    config = TrainConfig.model_validate(loop_config["config"])
+    config = local_teacher_cache(TrainConfig.model_validate(loop_config["config"]))
     fit(config, report=_report_with(ray.train.report, ray.train.Checkpoint),
         resume=_load_state(ray.train.get_checkpoint()), device=ray.train.torch.get_device(),
         teacher_state=loop_config["teacher_state"])

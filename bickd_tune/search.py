@@ -17,7 +17,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from bickd.config import TrainConfig
-from platform.experiment import SearchConfig, SearchParam
+from bickd_tune.experiment import SearchConfig, SearchParam
 
 EXHAUSTED_ATTR = "exhausted_after"  # study user attribute: the space held no new configuration any more
 
@@ -146,6 +146,21 @@ class DistinctOptunaSearch(ResumableOptunaSearch):
 
     def _tell(self, trial: optuna.Trial, state, value: float | None) -> None:
         self._ot_study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+
+
+ORPHANS_ATTR = "orphaned_trials"  # study user attribute: numbers of trials retired after a hard kill
+
+
+def retire_running_trials(storage_url: str, study_name: str) -> list[int]:
+    """After a resume from a hard kill: Optuna trials still RUNNING were started before the driver died and
+    run again under new trials; they are told FAIL and listed in the study's `orphaned_trials`."""
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    running = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+    for number in running:
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+    if running:
+        study.set_user_attr(ORPHANS_ATTR, sorted({*study.user_attrs.get(ORPHANS_ATTR, []), *running}))
+    return running
 
 
 def exhausted(storage_url: str, study_name: str) -> bool:

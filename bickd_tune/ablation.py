@@ -68,7 +68,8 @@ def _delta(delta: float, p: float) -> str:
         return "—"
     if math.isnan(p):
         return f"{delta:+.2f}"
-    return f"{delta:+.2f} (p={p:.3f}){'*' if p < 0.05 else ''}"
+    shown = "p<0.001" if p < 0.001 else f"p={p:.3f}"
+    return f"{delta:+.2f} ({shown}){'*' if p < 0.05 else ''}"
 
 
 def write_table(rows: pd.DataFrame, folder: str, reference: str, control: str | None,

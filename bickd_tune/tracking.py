@@ -19,19 +19,22 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from platform.ray_env import REPO_ROOT
+from bickd_tune.ray_env import PACKAGE_ROOT
 
 OUR_METRIC_PREFIXES = ("train/", "val/", "test/", "time/", "teacher/")
 # MLflow 3 opens an experiment without this tag in its GenAI view; ours are model-training experiments.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-TAG_EXPERIMENT_DIR = "bickd.experiment_dir"
+TAG_EXPERIMENT = "bickd.experiment"  # the experiment's storage location: the same from any head
 TAG_KIND = "bickd.kind"
 TAG_TRIAL_ID = "ray.trial_id"
 
 
 def git_commit() -> str:
+    """The commit being run: BICKD_GIT_COMMIT where the code came without .git (a KubeRay archive), else git's."""
+    if os.environ.get("BICKD_GIT_COMMIT"):
+        return os.environ["BICKD_GIT_COMMIT"]
     try:
-        return subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "HEAD"], capture_output=True,
+        return subprocess.run(["git", "-C", PACKAGE_ROOT, "rev-parse", "HEAD"], capture_output=True,
                               text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -58,15 +61,15 @@ def metrics_of(result: dict[str, Any]) -> dict[str, float]:
 class Tracker:
     """The experiment's MLflow experiment and parent run."""
 
-    def __init__(self, tracking_uri: str, experiment_name: str, experiment_dir: str):
+    def __init__(self, tracking_uri: str, experiment_name: str, identity: str, local_dir: str):
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
-        self.experiment_dir = experiment_dir
+        self.identity = identity
         existing = self.client.get_experiment_by_name(experiment_name)
         # With a SQLite store, artifacts would default to ./mlruns under the current folder: keep them
         # beside the experiment instead. A tracking server decides for itself.
         artifacts = (None if tracking_uri.startswith(("http://", "https://"))
-                     else "file://" + os.path.join(experiment_dir, "mlartifacts"))
+                     else "file://" + os.path.join(local_dir, "mlartifacts"))
         if existing is None:
             self.experiment_id = self.client.create_experiment(experiment_name, artifact_location=artifacts,
                                                                tags=dict([EXPERIMENT_KIND]))
@@ -77,8 +80,7 @@ class Tracker:
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles callbacks with the experiment (for --resume); a client is rebuilt from its URI.
-        return {"tracking_uri": self.tracking_uri, "experiment_dir": self.experiment_dir,
-                "experiment_id": self.experiment_id}
+        return {"tracking_uri": self.tracking_uri, "identity": self.identity, "experiment_id": self.experiment_id}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -93,7 +95,7 @@ class Tracker:
                 f"then open http://127.0.0.1:5000/{page}")
 
     def find_run(self, **tags: str) -> str | None:
-        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in {TAG_EXPERIMENT_DIR: self.experiment_dir, **tags}.items())
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in {TAG_EXPERIMENT: self.identity, **tags}.items())
         runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=2)
         return runs[0].info.run_id if runs else None
 
@@ -101,7 +103,7 @@ class Tracker:
         run_id = self.find_run(**{TAG_KIND: "experiment"})
         if run_id is None:
             run = self.client.create_run(self.experiment_id, run_name=name, tags={
-                TAG_EXPERIMENT_DIR: self.experiment_dir, TAG_KIND: "experiment", "git_commit": git_commit(), **tags})
+                TAG_EXPERIMENT: self.identity, TAG_KIND: "experiment", "git_commit": git_commit(), **tags})
             run_id = run.info.run_id
             self.log_params(run_id, params)
         else:
@@ -110,10 +112,26 @@ class Tracker:
 
     def finish_open_trial_runs(self, status: str) -> None:
         """Marks this experiment's trial runs still RUNNING (an interrupted experiment) with `status`."""
-        query = (f"tags.`{TAG_EXPERIMENT_DIR}` = '{self.experiment_dir}' and tags.`{TAG_KIND}` = 'trial' "
-                 "and attributes.status = 'RUNNING'")
-        for run in self.client.search_runs([self.experiment_id], filter_string=query, max_results=5000):
-            self.finish(run.info.run_id, status)
+        for run in self.trial_runs():
+            if run.info.status == "RUNNING":
+                self.finish(run.info.run_id, status)
+
+    def trial_runs(self):
+        query = f"tags.`{TAG_EXPERIMENT}` = '{self.identity}' and tags.`{TAG_KIND}` = 'trial'"
+        return self.client.search_runs([self.experiment_id], filter_string=query, max_results=5000)
+
+    def retire_runs_of_other_trials(self, is_ours: Callable[[str], bool]) -> int:
+        """After a resume from a hard kill: trials started after Tune's last state snapshot were run again
+        under new ids. Their first, abandoned runs are retired so each trial is counted once: tagged
+        `orphaned`, marked KILLED and deleted (MLflow keeps deleted runs restorable)."""
+        retired = 0
+        for run in self.trial_runs():
+            if not is_ours(run.data.tags.get(TAG_TRIAL_ID, "")):
+                self.client.set_tag(run.info.run_id, "orphaned", "started before the driver died; re-run on resume")
+                self.finish(run.info.run_id, "KILLED")
+                self.client.delete_run(run.info.run_id)
+                retired += 1
+        return retired
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
@@ -162,7 +180,7 @@ class TrialLogger(Callback):
         if run_id is None:
             name, params = self.describe(trial.config)
             run = self.tracker.client.create_run(self.tracker.experiment_id, run_name=name, tags={
-                "mlflow.parentRunId": self.parent_run_id, TAG_EXPERIMENT_DIR: self.tracker.experiment_dir,
+                "mlflow.parentRunId": self.parent_run_id, TAG_EXPERIMENT: self.tracker.identity,
                 TAG_KIND: "trial", TAG_TRIAL_ID: trial.trial_id, "git_commit": git_commit(), **self.tags})
             run_id = run.info.run_id
             self.tracker.log_params(run_id, params)

@@ -1,0 +1,132 @@
+"""Checks made before anything is created: storage writable, MLflow reachable and its artifact store
+writable, data and teacher present.
+
+Each failure is a `ConfigError` with one line saying what and where, so a sweep never dies an hour in
+on something knowable at the start.
+"""
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+
+from bickd.config_io import ConfigError
+from bickd.data import load_dataset
+from bickd.models import CheckpointError
+from bickd_tune.experiment import ExperimentConfig
+from bickd_tune.paths import ExperimentPaths
+
+PREFLIGHT_EXPERIMENT = "bickd-preflight"  # where the artifact-store check writes (its runs are deleted)
+QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def check_storage(paths: ExperimentPaths) -> None:
+    """A local folder must be creatable; a bucket must take, give back and drop a small object now."""
+    _check_local_folder(paths.local_dir, "storage_path")
+    if not paths.remote:
+        return
+    probe, token = ".bickd-preflight", os.urandom(8).hex().encode()
+    try:
+        storage = paths.storage()
+        storage.write_bytes(probe, token)
+        if storage.read_bytes(probe) != token:
+            raise OSError("read back other bytes than were written")
+        storage.fs.delete_file(f"{storage.root}/{probe}")
+    except Exception as err:  # noqa: BLE001 - pyarrow raises OSError, ValueError, ... per cause
+        raise ConfigError(f"storage_path: cannot write to {paths.experiment_uri} ({_first_line(err)})") from None
+
+
+def _check_local_folder(folder: str, field: str) -> None:
+    parent = folder
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{field}: cannot create {folder}: {parent} is not a writable folder")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:300]
+
+
+def check_tracking(tracking_uri: str) -> None:
+    """An HTTP tracking server must answer now; a SQLite store's folder must be writable."""
+    if tracking_uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=5) as answer:
+                if answer.status != 200:
+                    raise ConfigError(f"tracking.tracking_uri: {tracking_uri} answered {answer.status} on /health")
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise ConfigError(f"tracking.tracking_uri: MLflow server {tracking_uri} is unreachable ({reason})") from None
+        check_artifact_store(tracking_uri)
+    elif tracking_uri.startswith("sqlite:///"):
+        _check_local_folder(os.path.dirname(tracking_uri.removeprefix("sqlite:///")), "tracking.tracking_uri")
+    elif "://" not in tracking_uri or tracking_uri.startswith("file:"):
+        raise ConfigError(f"tracking.tracking_uri: {tracking_uri!r} is a file store, which MLflow 3 refuses; "
+                          "use sqlite:////absolute/path/mlflow.db or http(s)://server:port")
+
+
+def check_artifact_store(tracking_uri: str) -> None:
+    """Writes a test artifact through the MLflow server and reads it back: a wrong artifact bucket or missing
+    credentials show now, not when the sweep's first artifact is uploaded at its end."""
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    run_id = None
+    # A broken store answers 500, which MLflow retries with backoff for minutes: one quick try decides here.
+    saved = {k: os.environ.get(k) for k in QUICK_HTTP}
+    os.environ.update(QUICK_HTTP)
+    try:
+        existing = client.get_experiment_by_name(PREFLIGHT_EXPERIMENT)
+        experiment_id = existing.experiment_id if existing else client.create_experiment(PREFLIGHT_EXPERIMENT)
+        run_id = client.create_run(experiment_id, run_name="artifact store check").info.run_id
+        token = os.urandom(8).hex()
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "probe.txt")
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(token)
+            client.log_artifact(run_id, path)
+            with open(client.download_artifacts(run_id, "probe.txt", folder + "/back"), encoding="utf-8") as handle:
+                if handle.read() != token:
+                    raise OSError("the artifact read back differs from the one written")
+    except Exception as err:  # noqa: BLE001 - MLflow wraps the store's failure in several types
+        raise ConfigError(f"tracking.tracking_uri: the MLflow server at {tracking_uri} cannot store artifacts "
+                          f"({_first_line(err)}); check its --artifacts-destination and its credentials") from None
+    finally:
+        if run_id is not None:
+            try:
+                client.delete_run(run_id)
+            except Exception:  # noqa: BLE001 - the check's own clean-up must not hide its result
+                pass
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def check_data(experiment: ExperimentConfig) -> int:
+    """Loads the data set once (cheap for in-memory sets, a folder scan for ImageNet); returns #classes."""
+    data = experiment.data
+    try:
+        loaded = load_dataset(data.name, root=data.root, download=data.download, image_size=data.image_size,
+                              seed=data.seed, **data.options)
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"data: {err}") from None
+    return loaded.num_classes
+
+
+def check_teacher_checkpoint(experiment: ExperimentConfig, num_classes: int) -> None:
+    teacher = experiment.teacher
+    if teacher is None or teacher.checkpoint is None:
+        return
+    if not os.path.isfile(teacher.checkpoint):
+        raise ConfigError(f"teacher.checkpoint: {teacher.checkpoint}: no such file")
+    from bickd_tune.teacher import load_teacher_state
+    try:
+        load_teacher_state(teacher.model, num_classes, teacher.checkpoint)
+    except CheckpointError as err:
+        raise ConfigError(f"teacher.checkpoint: {err}") from None

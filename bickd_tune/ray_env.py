@@ -1,0 +1,92 @@
+"""Starting or joining Ray, the one way this project does it.
+
+Code reaches Ray workers as an installed package (`pip install -e .`, as every node of the shipped clusters
+does), so nothing depends on the checkout's path or on PYTHONPATH. A joined cluster also gets the driver's
+`bickd` and `bickd_tune` as runtime-env `py_modules`, so every node runs exactly the driver's code even when
+its own install is older.
+
+A local instance talks over the loopback interface. By default Ray addresses even a single-node instance
+by the machine's outward IP, and connections to that address can be filtered (ray-project/ray#15780). Ray
+only reads its switch for this (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`: no second node may join) when it is
+imported, so `use_loopback()` must run before the first `import ray` of the process: Ray is imported lazily.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+
+import bickd
+from bickd.config_io import ConfigError
+
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding bickd_tune/
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def use_loopback() -> bool:
+    """Makes a local Ray instance started by this process (and its children) use 127.0.0.1.
+
+    Returns whether it took effect: False when Ray was already imported or the user set the switch.
+    """
+    if "ray" in sys.modules or LOOPBACK_SWITCH in os.environ:
+        return False
+    os.environ[LOOPBACK_SWITCH] = "0"
+    return True
+
+
+def code_modules() -> list[str]:
+    """The project's packages, as folders for runtime_env `py_modules`."""
+    return [os.path.dirname(os.path.abspath(bickd.__file__)), os.path.join(PACKAGE_ROOT, "bickd_tune")]
+
+
+def local_temp_dir(paths) -> str:
+    """The Ray temp folder of an experiment's local instances: its processes are found by it (processes.py)."""
+    digest = hashlib.sha1(paths.identity.encode()).hexdigest()[:10]
+    return os.path.join(tempfile.gettempdir(), f"bickd-ray-{digest}")  # short: Ray's socket paths must fit
+
+
+def stop_leftovers_of(paths) -> None:
+    """Stops the local Ray processes a killed driver of this experiment left behind (a SIGKILLed driver's
+    raylet, GCS and agents outlive it); refuses while a driver of this experiment is still running."""
+    from bickd_tune.processes import kill, parent_of, processes_under, is_alive
+
+    folder = local_temp_dir(paths)
+    if not os.path.isdir(folder):
+        return
+    found = processes_under(folder)
+    drivers = {parent_of(pid) for pid in found} - found - {0, 1, os.getpid()}
+    drivers = {pid for pid in drivers if is_alive(pid)}
+    if drivers:
+        raise ConfigError(f"experiment '{paths.name}' is running (driver process {min(drivers)}); "
+                          "stop it (Ctrl+C) or wait for it before starting it again")
+    if found:
+        print(f"stopping {len(found)} Ray processes left behind by an earlier driver of this experiment", flush=True)
+        kill(found)
+
+
+def init_ray(address: str | None = None, num_cpus: float | None = None, temp_dir: str | None = None) -> None:
+    """Joins `address` (e.g. "auto" on a cluster node) or, without one, starts a private local instance
+    (in `temp_dir` if given, so that its processes can be found again).
+
+    "local" is explicit so that a `ray start` cluster left running on this machine, or RAY_ADDRESS, is not
+    joined by surprise: joining is what --address is for.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    kwargs = dict(log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    if address:
+        # Workers on other nodes see the nodes' environment, not the driver's: pass on the project's settings.
+        settings = {k: v for k, v in os.environ.items() if k.startswith("BICKD_")}
+        ray.init(address=address, runtime_env={"py_modules": code_modules(), "env_vars": settings}, **kwargs)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir, **kwargs)
+
+
+def cluster_resources() -> dict[str, float]:
+    import ray
+
+    return {k: float(v) for k, v in ray.cluster_resources().items()}

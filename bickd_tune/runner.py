@@ -1,0 +1,178 @@
+"""Runs a validated experiment, step by step: checks, Ray, the teacher, the trials, the results."""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+import yaml
+
+from bickd.config_io import ConfigError
+from bickd_tune import preflight
+from bickd_tune.experiment import ExperimentConfig
+from bickd_tune.paths import ExperimentPaths
+from bickd_tune.results import short
+
+
+def run_experiment(experiment: ExperimentConfig, paths: ExperimentPaths, address: str | None = None,
+                   num_cpus: float | None = None, resume: bool = False, write_report: bool = True) -> int:
+    from bickd_tune.tuner import storage_has_state
+
+    exists = storage_has_state(paths)
+    if exists and not resume:
+        raise ConfigError(f"name: experiment '{experiment.name}' already exists in {paths.experiment_uri}; "
+                          "pass --resume to continue it, or choose another name")
+    if resume and not exists:
+        raise ConfigError(f"--resume: no experiment '{experiment.name}' in {paths.experiment_uri} to resume")
+    preflight.check_storage(paths)
+    preflight.check_tracking(paths.tracking_uri)
+    num_classes = preflight.check_data(experiment)
+    preflight.check_teacher_checkpoint(experiment, num_classes)
+    from bickd_tune.ray_env import cluster_resources, init_ray, stop_leftovers_of, local_temp_dir
+    if address is None:
+        stop_leftovers_of(paths)  # the Ray processes of a driver of this experiment that was killed
+    init_ray(address, num_cpus=num_cpus, temp_dir=local_temp_dir(paths) if address is None else None)
+    if address is None:  # a joined cluster may autoscale from zero GPU workers: Tune waits for them
+        from bickd_tune.tuner import check_resources
+        check_resources(experiment, cluster_resources())
+
+    # Everything below may create files: all checks have passed.
+    created = not os.path.exists(paths.local_dir)
+    os.makedirs(paths.local_dir, exist_ok=True)
+    try:
+        return _run(experiment, paths, num_classes, resume, write_report, joined=address is not None)
+    except BaseException:
+        if created and not storage_has_state(paths):
+            shutil.rmtree(paths.local_dir, ignore_errors=True)  # nothing half-written from a failed start
+        raise
+
+
+def _run(experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int, resume: bool,
+         write_report: bool, joined: bool) -> int:
+    from bickd_tune.teacher import TeacherStage
+
+    config_text = yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False).encode()
+    paths.storage().write_bytes("experiment.yaml", config_text)
+    if paths.remote:  # the report reads it from the driver's working folder too
+        with open(os.path.join(paths.local_dir, "experiment.yaml"), "wb") as handle:
+            handle.write(config_text)
+    # The teacher's Ray task starts first and runs while the driver imports MLflow and opens its store.
+    teacher = TeacherStage(experiment, paths, num_classes)
+
+    from bickd_tune.tracking import TrialLogger, Tracker
+
+    tracker = Tracker(paths.tracking_uri, experiment.tracking.experiment_name or experiment.name, paths.identity,
+                      paths.local_dir)
+    parent = tracker.parent_run(experiment.name, experiment.model_dump(mode="json"),
+                                {"mode": experiment.mode, "experiment": experiment.name})
+    try:
+        teacher_state = teacher.finish(tracker, parent)
+        results = _trials(experiment, paths, tracker, parent, teacher_state, joined)
+        if results is None:  # Tune caught Ctrl+C, saved its state and returned: say so, do not summarise
+            tracker.finish_open_trial_runs("KILLED")
+            tracker.finish(parent, "KILLED")
+            print("\ninterrupted: the state is saved; continue with\n  python -m platform.tune <yaml> --resume",
+                  flush=True)
+            return 130
+        if resume:
+            _retire_orphans(experiment, paths, tracker, results)
+        summary = _summarise(experiment, paths, results, tracker, parent)
+        if write_report:
+            from bickd_tune.report import write_experiment_report
+            write_experiment_report(paths.local_dir, tracking_uri=paths.tracking_uri, quiet=False)
+        if paths.remote:
+            _keep_outputs_in_storage(paths)
+        tracker.finish(parent, "FINISHED")
+        print(summary, flush=True)
+        return 0
+    except KeyboardInterrupt:
+        tracker.finish(parent, "KILLED")
+        print("\ninterrupted: continue with  python -m platform.tune <yaml> --resume", flush=True)
+        return 130
+    except BaseException:
+        tracker.finish(parent, "FAILED")
+        raise
+
+
+def _trials(experiment: ExperimentConfig, paths: ExperimentPaths, tracker, parent: str, teacher_state, joined: bool):
+    """Runs (or resumes) the trials; returns Tune's ResultGrid, or None when the run was interrupted."""
+    from bickd_tune import tuner
+    from bickd_tune.results import interrupted
+    from bickd_tune.teacher import prepare_teacher_cache
+    from bickd_tune.tracking import TrialLogger
+
+    base = prepare_teacher_cache(experiment, experiment.base_train_config(), teacher_state, paths)
+    logger = TrialLogger(tracker, parent, _describer(base, experiment), experiment.max_epochs,
+                         {"experiment": experiment.name})
+    tuner.restore_working_files(paths)
+    results = tuner.tuner_for(experiment, paths, tuner.trainable(experiment, paths, base, teacher_state), [logger],
+                              base, joined).fit()
+    return None if interrupted(results, _planned_trials(experiment), _search_exhausted(experiment, paths)) else results
+
+
+def _describer(base, experiment: ExperimentConfig):
+    from bickd_tune.tracking import flatten
+    from bickd_tune.trial import trial_config
+
+    arms = experiment.ablation.arms if experiment.ablation is not None else None
+
+    def describe(point: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """A trial's run name and its params: the whole resolved config."""
+        config = trial_config(base, point, arms)
+        name = (f"{point['arm']}-seed{point['seed']}" if arms is not None else
+                ", ".join(f"{k.split('.')[-1]}={short(v)}" for k, v in point.items()) or "defaults")
+        return name, {**flatten(config.train_dict()), **({"arm": point["arm"]} if arms else {})}
+    return describe
+
+
+def _retire_orphans(experiment: ExperimentConfig, paths: ExperimentPaths, tracker, results) -> None:
+    """After a resume from a hard kill, trials that started after Tune's last state snapshot ran again under
+    new ids: their first records are retired in MLflow and in the Optuna study, so each counts once."""
+    from bickd_tune.results import trial_of_this_run
+    tracker.retire_runs_of_other_trials(trial_of_this_run(results))
+    if experiment.search is not None:
+        from bickd_tune.search import retire_running_trials
+        retire_running_trials(paths.optuna_storage, experiment.name)
+
+
+def _planned_trials(experiment: ExperimentConfig) -> int:
+    if experiment.search is not None:
+        return experiment.search.num_samples
+    return len(experiment.ablation.arms) * len(experiment.ablation.seeds)
+
+
+def _search_exhausted(experiment: ExperimentConfig, paths: ExperimentPaths) -> bool:
+    if experiment.search is None:
+        return False
+    from bickd_tune.search import exhausted
+    return exhausted(paths.optuna_storage, experiment.name)
+
+
+def _summarise(experiment: ExperimentConfig, paths: ExperimentPaths, results, tracker, parent: str) -> str:
+    from bickd_tune.ablation import write_table
+    from bickd_tune.results import result_rows, summary_lines
+
+    rows = result_rows(results, ablation=experiment.ablation is not None)
+    trials_csv = os.path.join(paths.local_dir, "trials.csv")
+    rows.to_csv(trials_csv, index=False)
+    tracker.log_artifact(parent, trials_csv)
+    ablation_markdown = None
+    ok = rows[rows.error == ""] if len(rows) else rows
+    if experiment.ablation is not None and len(ok):
+        written = write_table(ok.dropna(subset=["test_top1"]), os.path.join(paths.local_dir, "results"),
+                              experiment.ablation.reference, experiment.ablation.control, experiment.chooses_on_test)
+        for path in written.values():
+            tracker.log_artifact(parent, path, "ablation")
+        with open(written["ablation.md"], encoding="utf-8") as handle:
+            ablation_markdown = handle.read()
+    lines = summary_lines(experiment, rows, ablation_markdown)
+    return "\n".join([*lines, f"results   {paths.experiment_uri}", f"mlflow    {tracker.runs_page_hint()}"])
+
+
+def _keep_outputs_in_storage(paths: ExperimentPaths) -> None:
+    """The tables and the report go to the experiment's storage too: the head's disk is not the record."""
+    storage = paths.storage()
+    for name in ("trials.csv", "results", "report"):
+        local = os.path.join(paths.local_dir, name)
+        if os.path.exists(local):
+            storage.upload(local, name)

@@ -1,0 +1,157 @@
+"""The teacher stage: trained (or loaded and checked) once per experiment, before any trial.
+
+Training runs as a Ray task that checkpoints into the experiment's storage (every epoch, or at most every
+`runtime.checkpoint_every_s`): a lost node re-runs the task (`max_retries`) and a `--resume` after a lost
+driver continues from the last checkpoint instead of from epoch 0. The finished weights stay in storage as
+`teacher/<model>.pt`, so a resume (from any head) does not train again. Weights reach the trials through
+Ray's object store (`tune.with_parameters`).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import ray
+import torch
+
+from bickd.models import create_model, load_checkpoint
+from bickd.run import evaluate_weights, fit, print_report
+from bickd_tune.experiment import ExperimentConfig
+from bickd_tune.paths import ExperimentPaths
+from bickd_tune.storage import Storage, is_remote
+from bickd_tune.tracking import Tracker
+
+PROGRESS, HISTORY = "teacher/progress.pt", "teacher/history.json"
+
+
+def weights_name(model: str) -> str:
+    return f"teacher/{model}.pt"
+
+
+def remote_options(experiment: ExperimentConfig) -> dict[str, Any]:
+    """One whole GPU (if trials use GPUs) on the node type trials use: their custom resources, scaled to it."""
+    r = experiment.resources
+    gpus = 1 if r.gpus_per_trial > 0 else 0
+    scale = gpus / r.gpus_per_trial if r.gpus_per_trial else 1.0
+    return {"num_cpus": r.cpus_per_trial, "num_gpus": gpus,
+            "resources": {name: amount * scale for name, amount in r.custom_resources.items()}}
+
+
+@ray.remote(max_retries=3)  # a lost node re-runs the task, which continues from the last checkpoint
+def _train(config_json: dict[str, Any], storage: Storage) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+    from bickd.config import TrainConfig
+
+    config = TrainConfig.model_validate(config_json).teacher_training_config()
+    progress = storage.read_torch(PROGRESS) if storage.exists(PROGRESS) else None
+    history: list[dict[str, float]] = []
+    if progress is not None:
+        history = [m for m in storage.read_json(HISTORY) if m["epoch"] <= progress["epoch"] + 1]
+        print(f"[teacher] resuming after epoch {progress['epoch'] + 1} from {storage.uri}", flush=True)
+    last: dict[str, Any] = {}
+
+    def report(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        print_report(metrics, state)
+        history.append(dict(metrics))
+        storage.write_json(HISTORY, history)  # before the checkpoint: a resume never lacks its epochs
+        if state is not None:
+            storage.write_torch(PROGRESS, state)
+            last["state"] = state
+
+    fit(config, report=report, resume=progress)
+    weights = (last.get("state") or progress)["student"]
+    storage.write_torch(weights_name(config.student.model), {"model": weights})
+    return weights, history
+
+
+@ray.remote
+def _evaluate(config_json: dict[str, Any], model_name: str, state: dict[str, torch.Tensor]):
+    from bickd.config import TrainConfig
+    return evaluate_weights(TrainConfig.model_validate(config_json), model_name, state)
+
+
+def load_teacher_state(model_name: str, num_classes: int, path: str) -> dict[str, torch.Tensor]:
+    """Loads and checks a teacher checkpoint (CheckpointError names the file and the mismatch)."""
+    model = create_model(model_name, num_classes)
+    load_checkpoint(model, path)
+    return model.state_dict()
+
+
+class TeacherStage:
+    """The teacher's weights: from teacher.checkpoint, from the experiment's storage, or trained now.
+
+    Started before the MLflow store is opened: the Ray task (a worker importing torch, then training or
+    evaluating) runs while the driver creates the store's tables, instead of after it.
+    """
+
+    def __init__(self, experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int):
+        self.experiment, self.storage = experiment, paths.storage()
+        self.training = self.evaluation = self.state = self.history = None
+        if experiment.teacher is None:
+            return
+        base = experiment.base_train_config().model_dump(mode="json")
+        name = weights_name(experiment.teacher.model)
+        self.source = experiment.teacher.checkpoint or paths.in_storage(name)
+        if experiment.teacher.checkpoint is not None:
+            self.state = load_teacher_state(experiment.teacher.model, num_classes, experiment.teacher.checkpoint)
+            self.evaluation = _evaluate.options(**remote_options(experiment)).remote(base, experiment.teacher.model,
+                                                                                  self.state)
+        elif self.storage.exists(name):  # trained by an earlier run of this experiment
+            self.state, self.history = self.storage.read_torch(name)["model"], self.storage.read_json(HISTORY)
+        else:
+            print(f"[teacher] training {experiment.teacher.model} "
+                  f"({(experiment.teacher.recipe or experiment.recipe).epochs} epochs) before the trials", flush=True)
+            self.training = _train.options(**remote_options(experiment)).remote(base, self.storage)
+
+    def finish(self, tracker: Tracker, parent_run_id: str) -> dict[str, torch.Tensor] | None:
+        """Waits for the stage, logs it to the parent run and returns the weights (None: no teacher)."""
+        if self.experiment.teacher is None:
+            return None
+        if self.training is not None:
+            self.state, self.history = ray.get(self.training)
+        if self.history is not None:
+            logged = tracker.last_step(parent_run_id, "teacher/train/loss")
+            for metrics in self.history:  # each epoch once, also across resumes
+                if metrics["epoch"] > logged:
+                    tracker.log_metrics(parent_run_id, {f"teacher/{k}": v for k, v in metrics.items()
+                                                        if isinstance(v, float) and "/" in k}, int(metrics["epoch"]))
+            # fit() evaluates after the last epoch: the weights just trained need no second evaluation
+            metrics = self.history[-1]
+        else:
+            metrics = ray.get(self.evaluation)
+            tracker.log_metrics(parent_run_id, {f"teacher/{k}": v for k, v in metrics.items()}, 0)
+        tracker.client.set_tag(parent_run_id, "teacher_checkpoint", self.source)
+        print(f"[teacher] {self.experiment.teacher.model} from {self.source}: validation top-1 "
+              f"{metrics['val/top1']:.2f}%, test top-1 {metrics['test/top1']:.2f}%", flush=True)
+        return self.state
+
+
+@ray.remote(max_retries=3)
+def _build_cache(config_json: dict[str, Any], state: dict[str, torch.Tensor], storage: Storage, name: str) -> None:
+    """Builds the cache on a worker and puts it into the experiment's storage."""
+    from bickd.config import TrainConfig
+    from bickd.run import build_teacher_cache
+
+    config = TrainConfig.model_validate(config_json)
+    if not is_remote(storage.uri):
+        build_teacher_cache(config, state, os.path.join(storage.root, name))  # local storage: in place
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        build_teacher_cache(config, state, os.path.join(folder, "cache"))
+        storage.upload(os.path.join(folder, "cache"), name)
+
+
+def prepare_teacher_cache(experiment: ExperimentConfig, base, state: dict[str, torch.Tensor] | None,
+                          paths: ExperimentPaths):
+    """Builds the experiment's teacher-logit cache once (if enabled) in its storage and points the trials'
+    config at it; trials on other nodes fetch a verified copy (`trial.local_teacher_cache`)."""
+    if not base.teacher_cache.enabled or state is None:
+        return base
+    from bickd.teacher_cache import MANIFEST, cache_key, cache_name
+    name = f"teacher_cache/{cache_name(cache_key(base, state))}"
+    storage = paths.storage()
+    if not storage.exists(f"{name}/{MANIFEST}"):
+        print(f"[teacher] caching logits for {base.teacher_cache.epochs} augmented epochs", flush=True)
+        ray.get(_build_cache.options(**remote_options(experiment)).remote(base.model_dump(mode="json"), state,
+                                                                          storage, name))
+    return base.with_overrides({"teacher_cache.path": paths.in_storage(name)})

@@ -1,0 +1,152 @@
+"""The Ray Tune run of an experiment, built in one place: the trainable and its resources, the searcher and
+scheduler, the callbacks, a new Tuner or one restored from the experiment's storage."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from ray import tune
+from ray.tune import Callback
+
+from bickd.config import TrainConfig
+from bickd.config_io import ConfigError
+from bickd_tune.experiment import ExperimentConfig
+from bickd_tune.paths import ExperimentPaths
+from bickd_tune.storage import Storage
+
+OPTUNA_DB = "optuna.db"
+
+
+def worker_resources(experiment: ExperimentConfig) -> dict[str, float]:
+    """What one trial trains on (num_workers 0), or each of its DDP workers: Ray resource names."""
+    r = experiment.resources
+    return {"CPU": r.cpus_per_trial, **({"GPU": r.gpus_per_trial} if r.gpus_per_trial else {}), **r.custom_resources}
+
+
+def trial_resources(experiment: ExperimentConfig) -> dict[str, Any]:
+    """What one Tune trial asks Ray for."""
+    resources = experiment.resources
+    if resources.num_workers == 0:
+        return {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial,
+                "custom_resources": dict(resources.custom_resources)}
+    # The trial only drives a TorchTrainer; its workers ask for the real resources.
+    coordinator = dict(resources.coordinator_resources)
+    return {"cpu": coordinator.pop("CPU", 0.0), "gpu": coordinator.pop("GPU", 0.0), "custom_resources": coordinator}
+
+
+def slots(experiment: ExperimentConfig, available: dict[str, float]) -> int:
+    """How many trials fit at once; for TorchTrainer trials Tune cannot see the workers' needs itself."""
+    r = experiment.resources
+    workers = max(r.num_workers, 1)
+    need_cpu = workers * r.cpus_per_trial + (r.coordinator_resources.get("CPU", 0.0) if r.num_workers else 0)
+    fits = [available.get("CPU", 0) / need_cpu]
+    if r.gpus_per_trial:
+        fits.append(available.get("GPU", 0) / (workers * r.gpus_per_trial))
+    return max(1, math.floor(min(fits) + 1e-9))
+
+
+def check_resources(experiment: ExperimentConfig, available: dict[str, float]) -> None:
+    r = experiment.resources
+    workers = max(r.num_workers, 1)
+    if r.gpus_per_trial and available.get("GPU", 0) < r.gpus_per_trial * workers:
+        raise ConfigError(f"resources.gpus_per_trial: {r.gpus_per_trial:g} x {workers} worker(s) needs "
+                          f"{r.gpus_per_trial * workers:g} GPUs; the cluster has {available.get('GPU', 0):g}")
+    if available.get("CPU", 0) < r.cpus_per_trial * workers:
+        raise ConfigError(f"resources.cpus_per_trial: {r.cpus_per_trial:g} x {workers} worker(s) needs more "
+                          f"CPUs than the cluster's {available.get('CPU', 0):g}")
+
+
+def trainable(experiment: ExperimentConfig, paths: ExperimentPaths, base: TrainConfig, teacher_state):
+    from bickd_tune.trial import run_trial
+
+    r = experiment.resources
+    arms = experiment.ablation.arms if experiment.ablation is not None else None
+    function = tune.with_parameters(
+        run_trial, base=base, arms=arms, teacher_state=teacher_state, num_workers=r.num_workers,
+        worker_resources=worker_resources(experiment), storage_path=paths.storage_root, max_failures=r.max_failures)
+    return tune.with_resources(function, trial_resources(experiment))
+
+
+class MirrorToStorage(Callback):
+    """Copies the driver's working files (the Optuna study) into the experiment's remote storage whenever a
+    trial ends and when the run ends, so a head that is replaced resumes with them."""
+
+    def __init__(self, paths: ExperimentPaths):
+        self.paths = paths
+
+    def _mirror(self) -> None:
+        if os.path.exists(self.paths.optuna_db):
+            self.paths.storage().upload(self.paths.optuna_db, OPTUNA_DB)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._mirror()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._mirror()
+
+    def on_experiment_end(self, trials, **info):
+        self._mirror()
+
+
+def restore_working_files(paths: ExperimentPaths) -> None:
+    """A replaced head: fetch the Optuna study from the experiment's storage before Tune restores."""
+    storage = paths.storage()
+    if paths.remote and not os.path.exists(paths.optuna_db) and storage.exists(OPTUNA_DB):
+        storage.download(OPTUNA_DB, paths.optuna_db)
+
+
+def new_tuner(experiment: ExperimentConfig, paths: ExperimentPaths, function, callbacks: list[Callback],
+              base: TrainConfig, joined: bool) -> tune.Tuner:
+    from ray.tune.schedulers import ASHAScheduler
+
+    from bickd_tune.ray_env import cluster_resources
+    from bickd_tune.search import build_searcher
+
+    search_alg, scheduler, param_space, num_samples = None, None, {}, 1
+    if experiment.search is not None:
+        search_alg = build_searcher(experiment.search, paths.optuna_storage, experiment.name, base)
+        num_samples = experiment.search.num_samples
+        if experiment.scheduler.type == "asha":
+            metric, mode = experiment.objective
+            scheduler = ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=experiment.max_epochs,
+                                      grace_period=experiment.scheduler.grace_period,
+                                      reduction_factor=experiment.scheduler.reduction_factor)
+    else:
+        param_space = {"arm": tune.grid_search(list(experiment.ablation.arms)),
+                       "seed": tune.grid_search(list(experiment.ablation.seeds))}
+    concurrent = experiment.resources.max_concurrent_trials
+    if concurrent is None and not (joined and experiment.resources.num_workers == 0):
+        # Local: what fits now. Joined clusters autoscale, and Tune queues single-device trials on their
+        # resources by itself; TorchTrainer trials hide their workers' needs from Tune, so they are capped.
+        concurrent = slots(experiment, cluster_resources())
+    if paths.remote:
+        callbacks = [*callbacks, MirrorToStorage(paths)]
+    return tune.Tuner(
+        function, param_space=param_space,
+        # metric/mode live on the searcher and the scheduler (Tune refuses them in both places).
+        # reuse_actors: the next trial starts in a finished trial's process (torch already imported);
+        # fit() sets its seeds and threads itself, so nothing leaks between trials.
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, reuse_actors=True,
+                                    num_samples=num_samples, max_concurrent_trials=concurrent),
+        run_config=tune.RunConfig(
+            name=experiment.name, storage_path=paths.storage_root, callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=experiment.resources.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1),
+    )
+
+
+def tuner_for(experiment: ExperimentConfig, paths: ExperimentPaths, function, callbacks: list[Callback],
+              base: TrainConfig, joined: bool) -> tune.Tuner:
+    """The experiment's Tuner: restored from its storage when Tune saved a state there (a resumed run; Tune
+    restores its own pickled callbacks then), else new (a first run, or one killed before its trials)."""
+    if tune.Tuner.can_restore(paths.experiment_uri):
+        print(f"resuming the trials from {paths.experiment_uri}", flush=True)
+        return tune.Tuner.restore(paths.experiment_uri, trainable=function, resume_unfinished=True,
+                                  resume_errored=True)
+    return new_tuner(experiment, paths, function, callbacks, base, joined)
+
+
+def storage_has_state(paths: ExperimentPaths) -> bool:
+    """Whether an earlier run of this experiment wrote anything to its storage (a YAML, or Tune's state)."""
+    return Storage(paths.experiment_uri).exists("experiment.yaml") or tune.Tuner.can_restore(paths.experiment_uri)

@@ -1,0 +1,240 @@
+"""The cluster path on one machine: a multi-node cluster started from cluster/local.yaml (Ray's fake
+multi-node provider, autoscaling from zero workers), S3 storage on a real local S3 server, a real MLflow
+server with its artifacts in that bucket, a lost node, and a resume from a head with an empty disk.
+
+Every address is 127.0.0.1; the cluster's processes are stopped through its own Ray temp folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+import ray
+import yaml
+from mlflow.tracking import MlflowClient
+
+from bickd_tune.local_cluster import down, node_types
+from bickd_tune.processes import processes_under
+from tests.conftest import TINY, deep_update
+from tests.servers import CREDENTIALS, bucket_keys, free_port, mlflow_server, s3_server
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLUSTER = os.path.join(REPO, "cluster")
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """A process started the way a user starts one: no PYTHONPATH, loopback only."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return {**env, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **extra}
+
+
+def test_the_local_cluster_has_aws_node_types():
+    """cluster/local.yaml mirrors cluster/aws.yaml: the autoscaler decides here as it would on AWS."""
+    local, aws = node_types(os.path.join(CLUSTER, "local.yaml")), node_types(os.path.join(CLUSTER, "aws.yaml"))
+    assert local == aws
+    with open(os.path.join(CLUSTER, "local.yaml"), encoding="utf-8") as handle:
+        config = yaml.safe_load(handle)
+    assert config["provider"]["type"] == "fake_multinode" and config["provider"]["gcs_address"].startswith("127.0.0.1:")
+    assert all(spec.get("min_workers", 0) == 0 for spec in config["available_node_types"].values())  # from zero
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """cluster/local.yaml brought up from another folder, without PYTHONPATH, as a user would."""
+    if ray.is_initialized():
+        ray.shutdown()  # one Ray cluster at a time on this machine
+    temp_dir = tempfile.mkdtemp(prefix="bickd-t-")  # short: Ray's socket paths must fit
+    port = free_port()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # Every node holds bucket credentials, as cloud nodes do through their instance profile.
+    started = subprocess.run([sys.executable, "-m", "bickd_tune.local_cluster", "up", "--port", str(port),
+                              "--temp-dir", temp_dir], cwd=elsewhere, env=_env(**CREDENTIALS), capture_output=True,
+                             text=True, timeout=240)
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        yield {"address": f"127.0.0.1:{port}", "port": port, "temp_dir": temp_dir}
+    finally:
+        down(temp_dir)
+        assert not processes_under(temp_dir), "the cluster's processes outlived `down`"
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+PLACEMENT = r"""
+import json, sys, time
+import ray
+from ray.util.placement_group import placement_group, placement_group_table
+from bickd_tune.experiment import load_experiment
+from bickd_tune.local_cluster import node_types, type_of
+from bickd_tune.tuner import trial_resources, worker_resources
+
+ray.init(address=sys.argv[1], logging_level="ERROR")
+types = node_types(sys.argv[2])
+
+def bundle(resources):  # what Tune asks for one trial, as a placement-group bundle
+    named = {"CPU": resources["cpu"], "GPU": resources["gpu"], **resources["custom_resources"]}
+    return {k: v for k, v in named.items() if v}
+
+def nodes_of(pg):
+    return list(placement_group_table(pg)["bundles_to_node_id"].values())
+
+def type_by_node():
+    return {n["NodeID"]: type_of(n["Resources"], types) for n in ray.nodes()}
+
+out = {}
+single = load_experiment("search_spaces/cifar.yaml", {"resources.gpus_per_trial": 1.0,
+                                                      "resources.custom_resources": {"gpu1": 1.0}})
+groups = [placement_group([bundle(trial_resources(single))]) for _ in range(5)]
+ready, _ = ray.wait([g.ready() for g in groups], num_returns=4, timeout=300)
+time.sleep(20)  # the fifth single-GPU trial waits for a 1-GPU node: bin-packed, it would have started a 4-GPU one
+kinds = type_by_node()
+out["single"] = [kinds[n] for g in groups for n in nodes_of(g) if n]
+out["types_after_single"] = sorted(set(kinds.values()))
+for g in groups:
+    ray.util.remove_placement_group(g)
+
+fractional = load_experiment("search_spaces/cifar.yaml")
+groups = [placement_group([bundle(trial_resources(fractional))]) for _ in range(2)]
+ray.get([g.ready() for g in groups], timeout=300)
+kinds = type_by_node()
+out["fractional"] = [kinds[n] for g in groups for n in nodes_of(g)]
+for g in groups:
+    ray.util.remove_placement_group(g)
+
+ddp = load_experiment("search_spaces/imagenet.yaml")
+coordinator = placement_group([bundle(trial_resources(ddp))])
+workers = placement_group([worker_resources(ddp)] * ddp.resources.num_workers, strategy="PACK")
+ray.get([coordinator.ready(), workers.ready()], timeout=300)
+kinds = type_by_node()
+out["coordinator"] = [kinds[n] for n in nodes_of(coordinator)]
+out["ddp_workers"] = [kinds[n] for n in nodes_of(workers)]
+out["ddp_worker_nodes"] = len(set(nodes_of(workers)))
+print(json.dumps(out))
+"""
+
+
+def test_the_autoscaler_starts_the_node_type_each_workload_needs(cluster):
+    """The shipped experiments' resource requests (single-GPU, fractional-GPU and DDP trials), as the platform
+    derives them, against the real autoscaler and cluster/local.yaml's node types (those of cluster/aws.yaml)."""
+    result = subprocess.run([sys.executable, "-c", PLACEMENT, cluster["address"], os.path.join(CLUSTER, "local.yaml")],
+                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    placed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert placed["single"] == ["ray.worker.gpu1"] * 4  # four 1-GPU nodes (local.yaml's most); the fifth waits
+    assert "ray.worker.gpu4" not in placed["types_after_single"]  # no 4-GPU node for single-GPU trials
+    assert placed["fractional"] == ["ray.worker.gpu1"] * 2
+    assert placed["coordinator"] == ["ray.head.default"]  # a DDP trial's driver starts no GPU node of its own
+    assert placed["ddp_workers"] == ["ray.worker.gpu4"] * 4 and placed["ddp_worker_nodes"] == 1
+
+
+SWEEP = {
+    "data": {"name": "digits"},  # 32x32: a few seconds per epoch, time to lose a node mid-trial
+    "recipe": {"epochs": 4, "batch_size": 64, "lr": 0.05, "schedule": "cosine"},
+    "teacher": {"model": "resnet8", "recipe": {"epochs": 1, "batch_size": 64, "schedule": "constant"}},
+    "teacher_cache": {"enabled": True, "epochs": 1},
+    "search": {"num_samples": 2, "seed": 0, "space": {"loss.tau": {"loguniform": [0.05, 0.5]}}},
+    "scheduler": {"type": "none"},
+    # CPU trials that claim a fractional GPU and the 1-GPU node type, like search_spaces/cifar.yaml's
+    "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0.5, "custom_resources": {"gpu1": 0.5},
+                  "max_failures": 2, "max_concurrent_trials": 2},
+}
+
+
+def _node_of(pid: int) -> str | None:
+    """The Ray node a process runs on: the --node_id of the raylet it descends from."""
+    while pid > 1:
+        try:
+            command = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace").split("\0")
+            pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            return None
+        for part in command:
+            if part.startswith("--node_id="):
+                return part.split("=", 1)[1]
+    return None
+
+
+def _trial_processes(temp_dir: str) -> list[int]:
+    return [pid for pid in processes_under(temp_dir)
+            if open(f"/proc/{pid}/cmdline", "rb").read().startswith(b"ray::ImplicitFunc")]
+
+
+def test_a_sweep_on_s3_and_an_mlflow_server_survives_a_lost_node_and_resumes_on_a_new_head(cluster, tmp_path):
+    with s3_server("bickd") as (endpoint, uri), mlflow_server(str(tmp_path), "s3://bickd/mlflow", endpoint) as tracking:
+        path = tmp_path / "remote.yaml"
+        path.write_text(yaml.safe_dump(deep_update({"name": "remote", **TINY}, SWEEP), sort_keys=False))
+        head, node_cache = tmp_path / "head", tmp_path / "node-cache"
+        env = _env(**CREDENTIALS, BICKD_STATE_DIR=str(head), BICKD_CACHE_DIR=str(node_cache))
+        command = [sys.executable, "-m", "platform.tune", str(path), "--address", cluster["address"],
+                   "--storage", uri("experiments"), "--tracking-uri", tracking]
+        driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True)
+        # Lose the node a trial runs on, once a checkpoint of it is in the bucket.
+        lost, deadline = None, time.time() + 400
+        while lost is None and driver.poll() is None and time.time() < deadline:
+            checkpoints = [k for k in bucket_keys(endpoint, "bickd", "experiments/remote/") if "/checkpoint_" in k]
+            running = _trial_processes(cluster["temp_dir"])
+            if checkpoints and running:
+                lost = _node_of(running[0])
+                subprocess.run([sys.executable, "-m", "bickd_tune.local_cluster", "kill-node", lost], check=True,
+                               env=_env(), capture_output=True, timeout=60)
+            time.sleep(0.3)
+        out, _ = driver.communicate(timeout=600)
+        assert lost is not None, out[-5000:]
+        assert driver.returncode == 0, out[-5000:]
+
+        # Every trial once in MLflow, each epoch once, one of them restarted from its checkpoint in the bucket.
+        client = MlflowClient(tracking)
+        experiment = client.get_experiment_by_name("remote")
+        trials = client.search_runs([experiment.experiment_id], filter_string="tags.`bickd.kind` = 'trial'")
+        assert len(trials) == 2 and {t.info.status for t in trials} == {"FINISHED"}
+        assert any(int(t.data.tags.get("restarts", 0)) >= 1 for t in trials), "no trial was restarted"
+        for run in trials:
+            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+            assert steps == [1, 2, 3, 4], steps
+            assert run.data.tags["git_commit"] != "unknown"
+        parent = client.search_runs([experiment.experiment_id], filter_string="tags.`bickd.kind` = 'experiment'")[0]
+        assert parent.data.tags["bickd.experiment"] == "s3://bickd/experiments/remote"
+        assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"trials.csv", "report"}
+        assert any(k.startswith("mlflow/") for k in bucket_keys(endpoint, "bickd"))  # artifacts went to the bucket
+
+        # The experiment lives in the bucket, not on the head: Tune's state, the teacher, its logit cache, the
+        # study, the tables and the report.
+        keys = bucket_keys(endpoint, "bickd", "experiments/remote/")
+        for expected in ("experiment.yaml", "teacher/resnet8.pt", "teacher/progress.pt", "optuna.db", "trials.csv",
+                         "report/report.md"):
+            assert f"experiments/remote/{expected}" in keys, expected
+        assert any(k.endswith("tuner.pkl") for k in keys) and any("experiment_state" in k for k in keys)
+        assert any(k.startswith("experiments/remote/teacher_cache/") and k.endswith("manifest.json") for k in keys)
+        assert os.listdir(node_cache / "teacher_cache")  # trials fetched the verified cache to their node
+
+        # The autoscaler started 1-GPU nodes only (its own events, as the driver printed them), a second one
+        # after the first was lost; the lost one is gone for good.
+        launched = re.findall(r"Adding (\d+) node\(s\) of type ([\w.]+?)\.?\s", out)
+        assert {kind for _, kind in launched} == {"ray.worker.gpu1"}, launched
+        listed = subprocess.run([sys.executable, "-m", "bickd_tune.local_cluster", "nodes", "--port",
+                                 str(cluster["port"])], env=_env(), capture_output=True, text=True, timeout=120)
+        nodes = json.loads(listed.stdout)
+        assert [n["alive"] for n in nodes if n["node_id"] == lost] == [False]
+        assert {n["type"] for n in nodes if n["alive"]} <= {"ray.head.default", "ray.worker.gpu1"}, nodes
+
+        # A replaced head: nothing of the experiment on its disk. --resume rebuilds it from the bucket and the
+        # MLflow server and reports the finished experiment, with no trial run twice.
+        shutil.rmtree(head)
+        resumed = subprocess.run(command + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True,
+                                 timeout=600)
+        assert resumed.returncode == 0, resumed.stdout[-5000:] + resumed.stderr[-3000:]
+        assert "finished remote: 2 of 2 trials completed" in resumed.stdout
+        assert "chosen trial" in resumed.stdout and "training teacher" not in resumed.stdout
+        assert (head / "remote" / "report" / "report.md").exists()
+        again = client.search_runs([experiment.experiment_id], filter_string="tags.`bickd.kind` = 'trial'")
+        assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in trials)
