@@ -1,15 +1,21 @@
-"""Training-step throughput of a KD trial, side by side in one run (issue: performance).
+"""Training-step throughput of a KD trial, side by side in one run; on a GPU also how trials pack onto it and
+what a paper-size ablation costs.
 
-    python -m benchmarks.throughput            # resnet32x4 -> resnet8x4, batch 64 (~10 minutes on 2 CPUs)
-    python -m benchmarks.throughput --quick    # fewer steps, under two minutes
+    python -m benchmarks.throughput                 # CPU: resnet32x4 -> resnet8x4, batch 64, fp32 (~12 min, 2 CPUs)
+    python -m benchmarks.throughput --quick         # fewer steps, under three minutes
+    python -m benchmarks.throughput --device cuda   # one GPU, bf16: the arms, packing, the CIFAR-100 epoch (< 8 min)
 
-Step arms, each in its own process (so peak memory is per arm), all fp32 + channels_last at the same batch:
-  (a) reference: the mdistiller way - PIL transforms per sample in a DataLoader, teacher forward every batch
-  (b) ours, live teacher: data in memory as uint8, crop/flip vectorised per batch on the device
+Step arms, each in its own process (so peak memory is per arm), channels_last, the same batch:
+  (a) reference: the mdistiller way - PIL transforms per sample in a DataLoader, teacher forward every batch;
+      with mdistiller's 2 loader worker processes (its default) and with none; speed-ups use the faster one
+  (b) ours, live teacher: uint8 data on the device, crop/flip vectorised per batch on the device
   (c) ours, cached teacher: (b) with the teacher's logits read from the Arrow cache instead of computed
-  (d) bound: a bare student forward+backward+SGD step on a tensor already in memory
-Also: the BicKD loss's cost over KD's as a share of an (c) step, and where the wall time of a 4-trial local
-sweep goes (training vs the platform's fixed costs). The last line is machine-readable for tracking over time.
+  (d) bound: a bare student forward+backward+SGD step on a tensor already on the device
+On the CPU also: the BicKD loss's cost over KD's, and where the wall time of a 4-trial local sweep goes.
+The GPU plan (`--device cuda`, or `--plan` on any device for a dry run): (c) packed 1, 2, 4 and 8 trials to one
+GPU with fractional GPUs through Ray (aggregate img/s and the speed-up over one trial), one epoch of the CIFAR-100
+recipe on a synthetic CIFAR-format set of 50,000 images, and from it the GPU-hours of a paper-size ablation
+(10 arms x 3 seeds x 240 epochs). The last line is machine-readable for tracking over time.
 """
 from __future__ import annotations
 
@@ -39,25 +45,38 @@ def _data():
                      tuple(map(str, range(NUM_CLASSES))), "synthetic-cifar")
 
 
-def _models(teacher_name: str, student_name: str):
+def _models(teacher_name: str, student_name: str, device="cpu"):
     import torch
 
     from bickd.models import create_model
     torch.manual_seed(0)
-    teacher = create_model(teacher_name, NUM_CLASSES).to(memory_format=torch.channels_last).eval()
-    student = create_model(student_name, NUM_CLASSES).to(memory_format=torch.channels_last).train()
+    teacher = create_model(teacher_name, NUM_CLASSES).to(device, memory_format=torch.channels_last).eval()
+    student = create_model(student_name, NUM_CLASSES).to(device, memory_format=torch.channels_last).train()
     return teacher, student
 
 
-def _timed_steps(step, batches, warmup: int, steps: int) -> float:
+def _sync(device) -> None:
+    import torch
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()  # a GPU step is timed when it has run, not when it was queued
+
+
+def _timed_steps(step, batches, warmup: int, steps: int, device="cpu") -> float:
     """Seconds per step over `steps` steps after `warmup` steps."""
     iterator = iter(batches)
     for _ in range(warmup):
         step(*next(iterator))
+    _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         step(*next(iterator))
+    _sync(device)
     return (time.perf_counter() - start) / steps
+
+
+def _autocast(device, amp: str):
+    import torch
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp == "bf16")
 
 
 def loss_seconds(batch: int) -> dict[str, float]:
@@ -76,7 +95,11 @@ def loss_seconds(batch: int) -> dict[str, float]:
     return seconds
 
 
-def run_arm(arm: str, teacher_name: str, student_name: str, warmup: int, steps: int, batch: int) -> dict:
+ARMS = ("reference", "reference-2w", "live", "cached", "bound")
+
+
+def run_arm(arm: str, teacher_name: str, student_name: str, warmup: int, steps: int, batch: int,
+            device: str = "cpu", amp: str = "off") -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -86,17 +109,23 @@ def run_arm(arm: str, teacher_name: str, student_name: str, warmup: int, steps: 
 
     result = {"arm": arm}
     data = _data()
-    teacher, student = _models(teacher_name, student_name)
+    teacher, student = _models(teacher_name, student_name, device)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     loss_fn = KDLoss()
 
     def kd_step(images, labels, teacher_logits):
-        total, _ = loss_fn(student(images), teacher_logits, labels)
+        with _autocast(device, amp):
+            logits = student(images)
+        total, _ = loss_fn(logits, teacher_logits, labels)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
 
-    if arm == "reference":
+    def teacher_forward(images):
+        with torch.no_grad(), _autocast(device, amp):
+            return teacher(images).float()
+
+    if arm.startswith("reference"):
         from PIL import Image
         from torchvision import transforms
 
@@ -111,18 +140,22 @@ def run_arm(arm: str, teacher_name: str, student_name: str, warmup: int, steps: 
                 image = Image.fromarray(data.train_images[i].permute(1, 2, 0).numpy())
                 return self.transform(image), int(data.train_labels[i])
 
+        workers = 2 if arm == "reference-2w" else 0  # mdistiller's DATASET.NUM_WORKERS default, and none
+        pin = torch.device(device).type == "cuda"
+
         def loader():
             while True:
-                yield from torch.utils.data.DataLoader(PilCifar(), batch_size=batch, shuffle=True, drop_last=True)
+                yield from torch.utils.data.DataLoader(PilCifar(), batch_size=batch, shuffle=True, drop_last=True,
+                                                       num_workers=workers, pin_memory=pin,
+                                                       persistent_workers=workers > 0)
 
         def step(images, labels):
-            images = images.contiguous(memory_format=torch.channels_last)
-            with torch.no_grad():
-                teacher_logits = teacher(images)
-            kd_step(images, labels, teacher_logits)
-        result["s_per_step"] = _timed_steps(step, loader(), warmup, steps)
+            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            labels = labels.to(device, non_blocking=True)
+            kd_step(images, labels, teacher_forward(images))
+        result["s_per_step"] = _timed_steps(step, loader(), warmup, steps, device)
     elif arm in ("live", "cached"):
-        batches = make_batches(data, batch, "cpu", seed=0, channels_last=True, view_seed=0, view_epochs=2)
+        batches = make_batches(data, batch, device, seed=0, channels_last=True, view_seed=0, view_epochs=2)
 
         def loader():
             epoch = 0
@@ -131,9 +164,7 @@ def run_arm(arm: str, teacher_name: str, student_name: str, warmup: int, steps: 
                 epoch += 1
         if arm == "live":
             def step(images, labels, idx, epoch):
-                with torch.no_grad():
-                    teacher_logits = teacher(images)
-                kd_step(images, labels, teacher_logits)
+                kd_step(images, labels, teacher_forward(images))
         else:
             folder = os.path.join(tempfile.mkdtemp(), "cache")
             logits = torch.randn(2, NUM_IMAGES, NUM_CLASSES).numpy()  # the lookup cost does not depend on values
@@ -142,14 +173,15 @@ def run_arm(arm: str, teacher_name: str, student_name: str, warmup: int, steps: 
             del teacher
 
             def step(images, labels, idx, epoch):
-                kd_step(images, labels, cache.lookup(idx, epoch, torch.device("cpu")))
-        result["s_per_step"] = _timed_steps(step, loader(), warmup, steps)
+                kd_step(images, labels, cache.lookup(idx, epoch, torch.device(device)))
+        result["s_per_step"] = _timed_steps(step, loader(), warmup, steps, device)
     elif arm == "bound":
-        images = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-        labels = torch.randint(0, NUM_CLASSES, (batch,))
+        images = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+        labels = torch.randint(0, NUM_CLASSES, (batch,), device=device)
 
         def step(x, y):
-            loss = F.cross_entropy(student(x), y)
+            with _autocast(device, amp):
+                loss = F.cross_entropy(student(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -157,8 +189,10 @@ def run_arm(arm: str, teacher_name: str, student_name: str, warmup: int, steps: 
         def same():
             while True:
                 yield images, labels
-        result["s_per_step"] = _timed_steps(step, same(), warmup, steps)
+        result["s_per_step"] = _timed_steps(step, same(), warmup, steps, device)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.device(device).type == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result
 
 
@@ -204,16 +238,26 @@ def sweep_overhead(quick: bool) -> dict:
         teacher_s = sum(m.value for m in client.get_metric_history(parent.info.run_id, "teacher/time/train_s"))
         first_start = min(run.info.start_time for run in trials) / 1000
         last_end = max(run.info.end_time for run in trials) / 1000
-    slots = 2  # trials run two at a time on 2 CPUs: training time in wall-clock terms is train_s / slots
+    slots = max_overlap([(run.info.start_time, run.info.end_time) for run in trials])  # what actually ran at once
     wall, train = end - start, sum(epochs) / slots + teacher_s
     return {"wall_s": wall, "train_s": train, "non_training_share": 1 - train / wall,
             "before_trials_s": first_start - start, "teacher_train_s": teacher_s,
             "trials_s": last_end - first_start, "trials_train_s": sum(epochs) / slots,
             "after_trials_s": end - last_end, "trial_train_s": sum(epochs) / len(trials),
-            "epochs": experiment["recipe"]["epochs"]}
+            "epochs": experiment["recipe"]["epochs"], "slots": slots}
 
 
-def _cpu_name() -> str:
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals (start, end) open at one moment: how many trials really ran side by side."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    most = running = 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    return max(most, 1)
+
+
+def cpu_name() -> str:
     """The CPU model (figures differ by a factor of two between 2-core machines of different models)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
@@ -228,53 +272,81 @@ def _cpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer steps (under two minutes)")
+    parser.add_argument("--quick", action="store_true", help="fewer steps and smaller sets (a smoke run)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda: bf16 and the GPU plan)")
+    parser.add_argument("--plan", action="store_true", help="run the GPU plan on this device too")
     parser.add_argument("--teacher", default="resnet32x4")
     parser.add_argument("--student", default="resnet8x4")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one arm in this process
     parser.add_argument("--no-sweep", action="store_true", help="skip the 4-trial sweep measurement")
     args = parser.parse_args(argv)
-    warmup, steps = (1, 3) if args.quick else (3, 20)  # --quick: a smoke run, its figures are rough
+    gpu = args.device.startswith("cuda")
+    amp = "bf16" if gpu else "off"
+    warmup, steps = (1, 3) if args.quick else ((10, 50) if gpu else (3, 20))
     if args.arm:
-        print(json.dumps(run_arm(args.arm, args.teacher, args.student, warmup, steps, args.batch)))
+        print(json.dumps(run_arm(args.arm, args.teacher, args.student, warmup, steps, args.batch, args.device, amp)))
         return 0
 
     import torch
-    print(f"machine: {_cpu_name()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32, channels_last, batch {args.batch}; "
-          f"{args.teacher} -> {args.student}", flush=True)
+    where = torch.cuda.get_device_name() if gpu else f"{cpu_name()}, {os.cpu_count()} CPUs"
+    print(f"machine: {where}, torch {torch.__version__}; {'bf16' if gpu else 'fp32'}, channels_last, batch "
+          f"{args.batch}; {args.teacher} -> {args.student}", flush=True)
     results = {}
-    for arm in ("reference", "live", "cached", "bound"):
+    for arm in ARMS:
         out = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--arm", arm, "--teacher", args.teacher,
-                              "--student", args.student, "--batch", str(args.batch)] + (["--quick"] if args.quick else []),
-                             cwd=REPO, capture_output=True, text=True, check=True,
-                             env={**os.environ, "PYTHONPATH": REPO})
+                              "--student", args.student, "--batch", str(args.batch), "--device", args.device]
+                             + (["--quick"] if args.quick else []),
+                             cwd=REPO, capture_output=True, text=True, check=True, env=os.environ)
         r = results[arm] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  ({'abcd'[('reference', 'live', 'cached', 'bound').index(arm)]}) {arm:<10} "
-              f"{r['s_per_step'] * 1000:8.1f} ms/step  {args.batch / r['s_per_step']:7.1f} img/s  "
-              f"peak RSS {r['peak_rss_mb']:6.0f} MB", flush=True)
-    # After the step arms, in this process: no torch threads of this process compete with theirs.
-    loss = loss_seconds(args.batch)
-    reference, live, cached, bound = (results[a]["s_per_step"] for a in ("reference", "live", "cached", "bound"))
-    overhead = (loss["bickd"] - loss["kd"]) / cached
-    print(f"  speedup live/reference {reference / live:.2f}x, cached/reference {reference / cached:.2f}x; "
+        label = {"reference": "(a) reference, 0 workers", "reference-2w": "(a) reference, 2 workers",
+                 "live": "(b) live", "cached": "(c) cached", "bound": "(d) bound"}[arm]
+        print(f"  {label:<26} {r['s_per_step'] * 1000:8.1f} ms/step  {args.batch / r['s_per_step']:8.1f} img/s  "
+              f"peak RSS {r['peak_rss_mb']:6.0f} MB" + (f", GPU {r['peak_gpu_mb']:6.0f} MB" if gpu else ""), flush=True)
+    reference = min(results["reference"]["s_per_step"], results["reference-2w"]["s_per_step"])  # the faster one
+    live, cached, bound = (results[a]["s_per_step"] for a in ("live", "cached", "bound"))
+    print(f"  speedup over the faster reference: live {reference / live:.2f}x, cached {reference / cached:.2f}x; "
           f"cached reaches {bound / cached * 100:.1f}% of the bare student step")
     # (c) can at best match (d), so (a)/(d) caps (c)/(a) on this machine whatever the cache does.
     print(f"  ceiling for cached/reference here: reference/bound = {reference / bound:.2f}x")
+    if gpu or args.plan:
+        return _gpu_plan(args, amp, reference / cached)
+    loss = loss_seconds(args.batch)  # after the step arms: no torch threads of this process compete with theirs
+    overhead = (loss["bickd"] - loss["kd"]) / cached
     print(f"  loss only: KD {loss['kd'] * 1000:.2f} ms, BicKD {loss['bickd'] * 1000:.2f} ms per step "
           f"(fwd+bwd, B={args.batch}, C={NUM_CLASSES}); BicKD's extra cost = {overhead * 100:.1f}% of a cached step")
     if not args.no_sweep:
         sweep = sweep_overhead(args.quick)
-        print(f"  4-trial local sweep (2 at a time, {sweep['epochs']} epochs = {sweep['trial_train_s']:.0f} s of "
-              f"training per trial): {sweep['wall_s']:.1f} s wall, {sweep['train_s']:.1f} s training -> "
-              f"{sweep['non_training_share'] * 100:.1f}% outside training")
+        print(f"  4-trial local sweep ({sweep['slots']} at a time, {sweep['epochs']} epochs = "
+              f"{sweep['trial_train_s']:.0f} s of training per trial): {sweep['wall_s']:.1f} s wall, "
+              f"{sweep['train_s']:.1f} s training -> {sweep['non_training_share'] * 100:.1f}% outside training")
         print(f"    before the first trial {sweep['before_trials_s']:.1f} s (Ray, MLflow, teacher "
               f"{sweep['teacher_train_s']:.1f} s training + evaluation + logit cache); trials "
               f"{sweep['trials_s']:.1f} s, {sweep['trials_train_s']:.1f} s of it training "
               f"({(1 - sweep['trials_train_s'] / sweep['trials_s']) * 100:.1f}% outside); "
               f"after the last {sweep['after_trials_s']:.1f} s")
     print(f"speedup cached/reference: {reference / cached:.2f}x  bickd-loss overhead: {overhead * 100:.1f}%")
+    return 0
+
+
+def _gpu_plan(args, amp: str, cached_speedup: float) -> int:
+    from benchmarks import plan
+
+    counts, seconds, images = ((1, 2), 2.0, 1024) if args.quick else ((1, 2, 4, 8), 20.0, 50_000)
+    packed = plan.packing(counts, args.teacher, args.student, args.batch, args.device, amp, seconds)
+    for k, rate in packed.items():
+        print(f"  {k} trial(s) on one GPU ({1 / k:g} GPU each): {rate:8.1f} img/s in all, "
+              f"{rate / packed[1]:.2f}x one trial", flush=True)
+    best = max(packed, key=packed.get)
+    epoch = plan.cifar_epoch(args.teacher, args.student, args.device, amp, images)
+    one, packed_hours = plan.paper_ablation_gpu_hours(epoch, packed[best] / packed[1])
+    size = plan.PAPER_ABLATION
+    print(f"  CIFAR-100 recipe, one epoch of {int(images * 0.9)} training images (live teacher): "
+          f"{epoch['train_s']:.1f} s training + {epoch['eval_s']:.1f} s evaluation")
+    print(f"  paper-size ablation ({size['arms']} arms x {size['seeds']} seeds x {size['epochs']} epochs): "
+          f"{one:.1f} GPU-hours one trial per GPU, {packed_hours:.1f} packed {best} to a GPU")
+    print(f"gpu: cached/reference {cached_speedup:.2f}x  packing {best}/GPU {packed[best] / packed[1]:.2f}x  "
+          f"paper-size ablation {packed_hours:.1f} GPU-hours")
     return 0
 
 

@@ -101,16 +101,19 @@ def fit(cfg: TrainConfig, report: Report = print_report, resume: dict[str, Any] 
     last_saved = time.monotonic()
     for epoch in range(start_epoch, cfg.recipe.epochs):
         lr = set_lr(optimizer, cfg.recipe, epoch)
-        started = time.perf_counter()
+        started_at, started = time.time(), time.perf_counter()
         train = engine.train_epoch(model, loss_fn, batches.train(epoch), optimizer, epoch,
                                    batches.steps_per_epoch, teacher_fn, amp, check_every)
         train_seconds = time.perf_counter() - started
-        metrics = {"epoch": epoch + 1, "lr": lr, "time/train_s": train_seconds,
+        # time/started_at (unix seconds) lets a benchmark place the first training step of a sweep on a clock
+        metrics = {"epoch": epoch + 1, "lr": lr, "time/train_s": train_seconds, "time/started_at": started_at,
                    "time/img_per_s": batches.steps_per_epoch * cfg.recipe.batch_size * world_size / train_seconds,
                    **{f"train/{k}": v for k, v in train.items()}}
         last = epoch + 1 == cfg.recipe.epochs
         if last or (epoch + 1) % cfg.runtime.eval_every == 0:
+            started = time.perf_counter()
             metrics.update(evaluate_splits(student, batches, amp))
+            metrics["time/eval_s"] = time.perf_counter() - started
             best_val = max(best_val, metrics["val/top1"])
             metrics["val/top1_best"] = best_val
         state = None

@@ -6,6 +6,7 @@ Runs the CLI in subprocesses (each starts its own local Ray), one at a time.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -99,7 +100,9 @@ def test_interrupted_driver_then_resume_completes_every_trial_once(case, write_e
     out, _ = resumed.communicate(timeout=360)
     assert resumed.returncode == 0, out
     if case == "SIGKILL-teacher":  # the teacher went on from its last checkpoint, not from epoch 0
-        assert f"[teacher] resuming after epoch {saved_teacher_epochs}" in out and saved_teacher_epochs >= 2
+        resumed_after = re.search(r"\[teacher\] resuming after epoch (\d+)", out)
+        # (its task may finish one more epoch before the killed driver's Ray notices that the driver is gone)
+        assert resumed_after and int(resumed_after.group(1)) >= saved_teacher_epochs >= 2, out[-3000:]
     deadline = time.time() + 30
     while processes_under(ray_folder) and time.time() < deadline:
         time.sleep(0.5)
