@@ -8,6 +8,7 @@ The same trials through two arms, each a fresh process, side by side in one run:
 the offline digits (32x32, a few seconds of training each), distilled from one shared teacher checkpoint,
 Optuna TPE (seed 0) over loss.tau, two trials at a time on two logical CPUs, no scheduler:
   (a) bare: Ray Tune + OptunaSearch + a function trainable that calls the same `bickd.run.fit`, nothing else
+      (with reuse_actors on, as the platform has it: Tune's default restarts a process per trial)
   (b) platform: `python -m platform.tune` on the equivalent YAML (MLflow, the Optuna study in SQLite, the teacher
       stage, checkpoints, the summary and the report)
 Time outside training per trial = (wall x 2 trials at a time - the trials' summed training seconds) / N.
@@ -73,7 +74,9 @@ def bare(n: int, folder: str, teacher: str) -> None:
     ray.init(num_cpus=SLOTS, include_dashboard=False, logging_level="ERROR")
     search = OptunaSearch(metric="val/top1", mode="max", sampler=optuna.samplers.TPESampler(seed=0))
     tune.Tuner(trainable, param_space={"loss.tau": tune.loguniform(*SPACE)},
-               tune_config=tune.TuneConfig(search_alg=search, num_samples=n, max_concurrent_trials=SLOTS),
+               # reuse_actors as the platform sets it: the strongest bare baseline, not Tune's default (False)
+               tune_config=tune.TuneConfig(search_alg=search, num_samples=n, max_concurrent_trials=SLOTS,
+                                           reuse_actors=True),
                run_config=tune.RunConfig(name="bare", storage_path=folder, verbose=0)).fit()
 
 

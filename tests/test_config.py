@@ -115,6 +115,18 @@ def test_bad_loss_combinations_are_one_line(tmp_path, sections, overrides, messa
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_relative_data_roots_and_checkpoints_become_absolute(tmp_path, monkeypatch):
+    """Tune runs each trial in a folder of its own: a relative path would name another place there."""
+    monkeypatch.chdir(tmp_path)
+    experiment = load_experiment(_experiment(tmp_path, "bickd", search={"num_samples": 1},
+                                             data={"name": "cifar100", "root": "data/cifar100"},
+                                             teacher={"model": "resnet20", "checkpoint": "ckpt/t.pt"},
+                                             storage_path="runs"))
+    assert experiment.data.root == str(tmp_path / "data" / "cifar100")
+    assert experiment.teacher.checkpoint == str(tmp_path / "ckpt" / "t.pt")
+    assert experiment.storage_path == str(tmp_path / "runs")
+
+
 def test_distillation_needs_a_teacher():
     tree = {k: v for k, v in BASE.items() if k != "teacher"}
     with pytest.raises(ConfigError, match="teacher"):

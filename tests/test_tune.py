@@ -35,7 +35,7 @@ def test_dry_run_of_the_shipped_experiments(name, capsys):
     assert "nothing was created" in out and "resources    per trial" in out
 
 
-def test_search_with_asha_stops_some_trials_and_logs_everything(ray_local, write_experiment, tmp_path):
+def test_search_with_asha_stops_some_trials_and_logs_everything(ray_local, write_experiment, tmp_path, capsys):
     """A search over the loss itself (two parameter-free options, DIST, and BicKD's own parameters): no
     configuration trained twice, each loss at its own defaults, every choice made on validation."""
     path = write_experiment(
@@ -52,12 +52,14 @@ def test_search_with_asha_stops_some_trials_and_logs_everything(ray_local, write
         scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3},
         resources={"cpus_per_trial": 1, "max_concurrent_trials": 2, "max_failures": 0})
     assert tune_cli.main([path]) == 0
+    printed = capsys.readouterr().out
     experiment_dir = str(tmp_path / "experiments" / "search")
 
     client, parents = _runs(experiment_dir, "search", "experiment")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     experiment = client.get_experiment_by_name("search")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
+    assert f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs" in printed  # where to look
     # The teacher was trained by this run: the accuracy logged is that of the checkpoint the trials distilled.
     from bickd.run import evaluate_weights
     from bickd_tune.experiment import load_experiment
@@ -115,6 +117,9 @@ def test_search_with_asha_stops_some_trials_and_logs_everything(ray_local, write
     first_row = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1]
     assert first_row.split("|")[1].strip() == chosen.info.run_name
     assert f"test top-1 {chosen.data.metrics['final/test/top1']:.2f}%" in report
+    summary = printed.split("finished search:")[1]
+    assert f"validation top-1 {chosen.data.metrics['final/val/top1']:.2f}%, test top-1 " \
+           f"{chosen.data.metrics['final/test/top1']:.2f}%" in summary
     assert set(rows.val_top1.round(6)) == {round(r.data.metrics["final/val/top1"], 6) for r in trials}
     for name in ("optuna_history.png", "optuna_slice.png", "optuna_importances.png", "curves.png"):
         _assert_png(tmp_path / "experiments" / "search" / "report" / name)
