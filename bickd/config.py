@@ -46,7 +46,7 @@ class DataConfig(StrictModel):
 
 
 class TeacherConfig(StrictModel):
-    model: str
+    model: str = Field(description="teacher network (the models of bickd/models: resnet32x4, wrn_40_2, resnet34, ...)")
     checkpoint: str | None = Field(
         None, description="trained teacher weights ({'model': state_dict}); unset = train it first")
     recipe: RecipeConfig | None = Field(
@@ -61,7 +61,7 @@ class TeacherConfig(StrictModel):
 
 
 class StudentConfig(StrictModel):
-    model: str
+    model: str = Field(description="student network (resnet8x4, resnet20, wrn_16_2, MobileNetV2, resnet18, ...)")
 
     @field_validator("model")
     @classmethod
@@ -76,8 +76,8 @@ class RecipeConfig(StrictModel):
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
-    nesterov: bool = False
-    schedule: Literal["step", "cosine", "constant"] = "step"
+    nesterov: bool = Field(False, description="Nesterov momentum")
+    schedule: Literal["step", "cosine", "constant"] = Field("step", description="learning-rate schedule over epochs")
     milestones: tuple[int, ...] = Field((150, 180, 210), description="epochs at which step decays the lr")
     lr_decay: float = Field(0.1, gt=0, le=1)
 
@@ -93,7 +93,7 @@ class RecipeConfig(StrictModel):
 
 
 class RuntimeConfig(StrictModel):
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when one is visible")
     channels_last: bool = Field(True, description="NHWC memory format: 10-30% faster convolutions on CPU and GPU")
     amp: Literal["off", "bf16", "fp16"] = Field("off", description="autocast dtype for forward passes")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
@@ -110,24 +110,26 @@ class TeacherCacheConfig(StrictModel):
     run's seed: trials still differ in initialisation and data order, and they all train on views whose
     teacher logits are stored.
     """
-    enabled: bool = False
+    enabled: bool = Field(False, description="cache the teacher's logits once instead of running it every step")
     epochs: int = Field(8, ge=1, description="distinct augmentation epochs stored, cycled over training")
     seed: int = Field(0, ge=0, description="seed of the stored augmented views")
     path: str | None = Field(None, description="cache folder (set by the platform or bickd.train)")
 
 
 class TrainConfig(StrictModel):
-    data: DataConfig
-    teacher: TeacherConfig | None = None
-    student: StudentConfig
-    recipe: RecipeConfig = Field(default_factory=RecipeConfig)
-    loss: LossParams = Field(default_factory=lambda: {"name": "bickd"})
+    data: DataConfig = Field(description="the data set and its splits")
+    teacher: TeacherConfig | None = Field(None, description="the network to distil from (not needed by loss ce)")
+    student: StudentConfig = Field(description="the network trained")
+    recipe: RecipeConfig = Field(default_factory=RecipeConfig, description="optimizer, schedule, epochs, batch")
+    loss: LossParams = Field(default_factory=lambda: {"name": "bickd"},
+                             description="the loss and its parameters; `name` picks one of the losses below")
     losses: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="parameters of the other losses a trial may switch to, keyed by loss "
         "name, e.g. {dkd: {beta: 8}}; a switched-to loss takes these and its own defaults, never `loss:`'s values")
     seed: int = Field(0, ge=0, description="seed of initialisation, shuffling and augmentation")
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    teacher_cache: TeacherCacheConfig = Field(default_factory=TeacherCacheConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="device, precision, threads, checkpoints")
+    teacher_cache: TeacherCacheConfig = Field(default_factory=TeacherCacheConfig,
+                                              description="teacher logits computed once and read by every trial")
 
     @field_validator("losses")
     @classmethod

@@ -6,7 +6,6 @@ message names the field, the bad value and what is allowed, e.g.
 """
 from __future__ import annotations
 
-import difflib
 import os
 import types
 import typing
@@ -14,6 +13,8 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+
+from bickd.names import did_you_mean
 
 
 class ConfigError(ValueError):
@@ -74,9 +75,7 @@ def _describe_one(error: dict[str, Any], model: type[BaseModel]) -> str:
         parent, key = ".".join(map(str, loc[:-1])) or "top level", str(loc[-1])
         parent += f" ({tags[-1]})" if tags else ""  # e.g. "loss (kd)": which loss refused the key
         allowed = sorted(_fields_at(model, error["loc"][:-1]))
-        close = difflib.get_close_matches(key, allowed, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"{parent}: unknown key '{key}'{hint}; allowed: {', '.join(allowed)}"
+        return f"{parent}: unknown key '{key}'{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}"
     if kind == "missing":
         return f"{field}: required field is missing"
     message = error["msg"]

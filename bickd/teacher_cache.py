@@ -91,7 +91,7 @@ def write_cache(folder: str, key: dict[str, Any], logits_per_epoch) -> str:
 class TeacherLogitCache:
     """Memory-mapped stored logits; `lookup(indices, epoch)` returns those of the views trained on."""
 
-    def __init__(self, folder: str, expected_key: dict[str, Any], verify_checksums: bool = True):
+    def __init__(self, folder: str, expected_key: dict[str, Any]):
         manifest_path = os.path.join(folder, MANIFEST)
         if not os.path.isfile(manifest_path):
             raise CacheError(f"teacher cache {folder}: no {MANIFEST} (not a cache, or an interrupted build)")
@@ -108,7 +108,7 @@ class TeacherLogitCache:
         self.folder, self.epochs = folder, []
         for epoch, expected in enumerate(manifest["sha256"]):
             path = _epoch_file(folder, epoch)
-            if verify_checksums and (not os.path.isfile(path) or _file_sha256(path) != expected):
+            if not os.path.isfile(path) or _file_sha256(path) != expected:
                 raise CacheError(f"teacher cache {path}: checksum mismatch (corrupt or modified file)")
             table = pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
             values = table.column("logits").combine_chunks().flatten().to_numpy(zero_copy_only=True)

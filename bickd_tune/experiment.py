@@ -3,6 +3,7 @@ track the trials. Validated completely before anything starts; errors name the f
 """
 from __future__ import annotations
 
+import builtins
 import os
 import re
 from typing import Any, Literal
@@ -24,10 +25,11 @@ OBJECTIVES = {"val/top1": "max", "val/top5": "max", "val/loss": "min"}
 
 class SearchParam(StrictModel):
     """One searched parameter: exactly one distribution, optionally sampled only `when` others match."""
-    uniform: tuple[float, float] | None = None
-    loguniform: tuple[float, float] | None = None
-    int: tuple[int, int] | None = None
-    choice: list[Scalar] | None = None
+    uniform: tuple[float, float] | None = Field(None, description="[low, high]")
+    loguniform: tuple[float, float] | None = Field(None, description="[low, high], sampled on a log scale (low > 0)")
+    # `builtins.int`: inside this class body the name `int` is the field below, not the type
+    int: tuple[builtins.int, builtins.int] | None = Field(None, description="[low, high], integers, both included")
+    choice: list[Scalar] | None = Field(None, description="the values to choose from")
     step: float | None = Field(None, gt=0, description="quantisation step of uniform / int")
     when: dict[str, Scalar | list[Scalar]] | None = Field(
         None, description="sample only when these earlier parameters take these values")
@@ -64,11 +66,12 @@ class SearchParam(StrictModel):
 class SearchConfig(StrictModel):
     num_samples: int = Field(8, ge=1, description="trials to run")
     seed: int = Field(0, ge=0, description="seed of the Optuna sampler")
-    sampler: Literal["tpe", "random", "gp", "qmc"] = "tpe"
+    sampler: Literal["tpe", "random", "gp", "qmc"] = Field("tpe", description="Optuna's sampler")
     metric: str = Field("val/top1", description=f"the objective: one of {', '.join(OBJECTIVES)} (validation "
                         "metrics; Optuna, ASHA, the summary and the report all choose by it)")
     mode: Literal["max", "min"] | None = Field(None, description="better direction (default: the metric's own)")
-    space: dict[str, SearchParam] = Field(default_factory=dict)
+    space: dict[str, SearchParam] = Field(default_factory=dict, description="dotted config path -> its distribution, "
+                                          "in order (a `when` may name only earlier parameters)")
     points_to_evaluate: list[dict[str, Scalar]] = Field(
         default_factory=list, description="first trials, e.g. the method's defaults")
 
@@ -107,7 +110,7 @@ class SearchConfig(StrictModel):
 
 
 class SchedulerConfig(StrictModel):
-    type: Literal["asha", "none"] = "asha"
+    type: Literal["asha", "none"] = Field("asha", description="ASHA early stopping on the search's metric, or none")
     grace_period: int = Field(1, ge=1, description="epochs every trial runs before it can be stopped")
     reduction_factor: float = Field(2.0, gt=1)
     max_t: int | None = Field(None, ge=1, description="epochs of the longest trial (default: recipe.epochs)")
@@ -170,14 +173,14 @@ class TrackingConfig(StrictModel):
 
 class ExperimentConfig(TrainConfig):
     name: str = Field(description="experiment name: letters, digits, '-', '_', '.'")
-    description: str = ""
+    description: str = Field("", description="free text, shown in the report")
     storage_path: str = Field("experiments", description="local folder (made absolute against the current "
                               "folder) or s3:// / gs:// / abfss:// URI, with pyarrow's ?query options if needed")
-    search: SearchConfig | None = None
-    ablation: AblationConfig | None = None
-    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    search: SearchConfig | None = Field(None, description="an Optuna search (give this or `ablation`)")
+    ablation: AblationConfig | None = Field(None, description="arms x seeds with a table per arm (or `search`)")
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="early stopping of a search")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="what a trial asks Ray for")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="where MLflow runs go")
 
     @field_validator("name")
     @classmethod

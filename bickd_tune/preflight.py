@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 
 from bickd.config_io import ConfigError
-from bickd.data import load_dataset
+from bickd.data import load_data
 from bickd.models import CheckpointError
 from bickd_tune.experiment import ExperimentConfig
 from bickd_tune.paths import ExperimentPaths
@@ -110,10 +110,8 @@ def check_artifact_store(tracking_uri: str) -> None:
 
 def check_data(experiment: ExperimentConfig) -> int:
     """Loads the data set once (cheap for in-memory sets, a folder scan for ImageNet); returns #classes."""
-    data = experiment.data
     try:
-        loaded = load_dataset(data.name, root=data.root, download=data.download, image_size=data.image_size,
-                              seed=data.seed, **data.options)
+        loaded = load_data(experiment.data)
     except (ValueError, OSError) as err:
         raise ConfigError(f"data: {err}") from None
     return loaded.num_classes

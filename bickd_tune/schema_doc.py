@@ -30,7 +30,10 @@ def _type(annotation: Any) -> str:
     if origin is typing.Annotated:
         return _type(typing.get_args(annotation)[0])
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type(a) for a in typing.get_args(annotation))
+        members = typing.get_args(annotation)
+        if all(getattr(m, "model_fields", {}).get("name") for m in members):
+            return "a loss section (below)"  # the discriminated union of the losses' parameter models
+        return " or ".join(_type(a) for a in members)
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in typing.get_args(annotation))
     if origin in (list, tuple):
@@ -71,6 +74,8 @@ def table(model: type[BaseModel], prefix: str = "") -> str:
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for name, field in model.model_fields.items():
         description = (field.description or "").replace("|", "\\|") + _bounds(field)
+        if name == "name" and typing.get_origin(field.annotation) is typing.Literal:
+            description = description or "this loss"
         rows.append(f"| `{prefix}{name}` | {_type(field.annotation)} | {_default(field)} | {description} |")
     return "\n".join(rows)
 
@@ -95,8 +100,8 @@ def document() -> str:
         parts += [f"### `{name}` (default `val_fraction` {entry.val_fraction:g})", fields]
     parts.append("## `loss`, per loss (`losses.<name>` takes the same keys, `name` aside)")
     for name, loss in LOSSES.items():
-        parts += [f"### `{name}`: {(loss.__doc__ or loss.Params.__doc__ or '').strip().splitlines()[0] if loss.__doc__ else ''}".rstrip(": "),
-                  table(loss.Params)]
+        summary = (sys.modules[loss.__module__].__doc__ or "").strip().splitlines()[0].rstrip(",:")
+        parts += [f"### `{name}`: {summary}", table(loss.Params)]
     assert TrainConfig.model_fields  # the training sections above are TrainConfig's
     return "\n\n".join(parts) + "\n"
 

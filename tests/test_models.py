@@ -19,7 +19,9 @@ def test_fixture_covers_the_whole_cifar_zoo():
 
 
 @pytest.mark.parametrize("name", sorted(MDISTILLER_KEYS))
-def test_state_dict_matches_published_checkpoints(name):
+def test_state_dict_keys_and_shapes_are_mdistillers(name):
+    """Published mdistiller/RepDistiller checkpoints load strictly: same parameter names and shapes (their
+    values cannot be downloaded here; the recorded keys and shapes are from mdistiller's own models)."""
     model = create_model(name, 100)
     ours = [[key, list(value.shape)] for key, value in sorted(model.state_dict().items())]
     assert ours == MDISTILLER_KEYS[name]
@@ -35,10 +37,19 @@ def test_parameter_counts(name, millions):
     assert count / 1e6 == pytest.approx(millions, rel=0.01)
 
 
-def test_imagenet_resnet_forward():
-    model = create_model("resnet18", 1000).eval()
+@pytest.mark.parametrize("name", ["resnet18", "resnet34"])
+def test_torchvision_imagenet_weights_load_and_give_torchvision_outputs(name, tmp_path):
+    """A torchvision ResNet's weights, saved as a user would bring them, load strictly into ours and give the
+    same outputs (torchvision's ImageNet ResNets are the reference available offline)."""
+    from torchvision import models
+
+    torch.manual_seed(0)
+    reference = getattr(models, name)(weights=None).eval()
+    path = save_checkpoint(reference.state_dict(), tmp_path / f"{name}.pt")
+    ours = load_checkpoint(create_model(name, 1000), path).eval()
+    x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+        assert torch.equal(ours(x), reference(x))
 
 
 def test_small_inputs_work_for_the_offline_data_sets():

@@ -102,3 +102,13 @@ def test_the_trial_key_is_the_whole_resolved_config():
     assert key({"loss.name": "kd"}) == key({"loss.name": "kd"})
     assert key({"loss.name": "kd"}) != key({"loss.name": "kd", "seed": 1})  # another seed is another trial
     assert key({"loss.tau": 0.1}) == key({})  # 0.1 is BicKD's default: the same trial as the base
+
+
+def test_integer_parameters_are_suggested_as_integers_in_their_range(tmp_path):
+    searcher = _searcher(tmp_path, {"recipe.epochs": {"int": [1, 3]}}, name="ints", max_repeats=30)
+    values = []
+    for i in range(3):
+        values.append(searcher.suggest(f"t{i}")["recipe.epochs"])
+        searcher.on_trial_complete(f"t{i}", {"val/top1": float(i), "training_iteration": 1})
+    assert sorted(values) == [1, 2, 3] and all(isinstance(v, int) for v in values)
+    assert searcher.suggest("t3") == Searcher.FINISHED  # three integers, three trials: nothing new is left

@@ -2,13 +2,13 @@
 torchvision's ImageNet ResNets. `create_model(name, num_classes)`; forward(x) returns logits."""
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 
 from torch import nn
 
 from bickd.models import imagenet, mobilenetv2, resnet_cifar, resnet_v2, shufflenet, vgg, wrn
 from bickd.models.checkpoint import CheckpointError, load_checkpoint, read_state_dict, save_checkpoint
+from bickd.names import one_of
 
 _BUILDERS: dict[str, Callable[[str, int], nn.Module]] = {}
 _BUILDERS.update({name: resnet_cifar.build for name in resnet_cifar.RESNETS})
@@ -23,11 +23,7 @@ MODEL_NAMES = tuple(_BUILDERS)
 
 
 def create_model(name: str, num_classes: int) -> nn.Module:
-    if name not in _BUILDERS:
-        close = difflib.get_close_matches(name, MODEL_NAMES, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ValueError(f"unknown model '{name}'{hint}; choose one of: {', '.join(MODEL_NAMES)}")
-    return _BUILDERS[name](name, num_classes)
+    return _BUILDERS[one_of(name, MODEL_NAMES, what="model")](name, num_classes)
 
 
 __all__ = ["CIFAR_MODELS", "IMAGENET_MODELS", "MODEL_NAMES", "CheckpointError", "create_model",
