@@ -65,6 +65,20 @@ def stop_leftovers_of(paths) -> None:
         kill(found)
 
 
+FORWARDED = ("BICKD_CACHE_DIR",)  # read by trials on other nodes (trial.local_teacher_cache)
+
+
+def joined_runtime_env() -> dict:
+    """What the driver adds to a joined cluster's runtime env: its code, and the settings trials read.
+
+    Workers on other nodes see their node's environment, not the driver's. Only what trials need is passed:
+    a variable that a Ray job's own runtime env also sets (e.g. BICKD_GIT_COMMIT on KubeRay) would make Ray
+    refuse to merge the two.
+    """
+    settings = {key: os.environ[key] for key in FORWARDED if key in os.environ}
+    return {"py_modules": code_modules(), **({"env_vars": settings} if settings else {})}
+
+
 def init_ray(address: str | None = None, num_cpus: float | None = None, temp_dir: str | None = None) -> None:
     """Joins `address` (e.g. "auto" on a cluster node) or, without one, starts a private local instance
     (in `temp_dir` if given, so that its processes can be found again).
@@ -79,9 +93,7 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, temp_dir
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     kwargs = dict(log_to_driver=True, configure_logging=True, logging_level="WARNING")
     if address:
-        # Workers on other nodes see the nodes' environment, not the driver's: pass on the project's settings.
-        settings = {k: v for k, v in os.environ.items() if k.startswith("BICKD_")}
-        ray.init(address=address, runtime_env={"py_modules": code_modules(), "env_vars": settings}, **kwargs)
+        ray.init(address=address, runtime_env=joined_runtime_env(), **kwargs)
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir, **kwargs)
 

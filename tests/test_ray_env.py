@@ -40,3 +40,17 @@ def test_loopback_is_not_forced_once_ray_is_imported():
                           "print(use_loopback())"], cwd=REPO, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": REPO})
     assert out.stdout.split()[-1] == "False", out.stderr[-2000:]
+
+
+def test_a_joined_cluster_gets_the_code_and_only_the_settings_trials_read(monkeypatch):
+    """A variable a Ray job's own runtime env sets too (BICKD_GIT_COMMIT on KubeRay) would make Ray refuse to
+    merge the driver's runtime env with the job's: only what trials read is passed on."""
+    from bickd_tune.ray_env import joined_runtime_env
+
+    monkeypatch.setenv("BICKD_GIT_COMMIT", "abc123")
+    monkeypatch.delenv("BICKD_CACHE_DIR", raising=False)
+    assert "env_vars" not in joined_runtime_env()
+    monkeypatch.setenv("BICKD_CACHE_DIR", "/scratch/bickd")
+    env = joined_runtime_env()
+    assert env["env_vars"] == {"BICKD_CACHE_DIR": "/scratch/bickd"}
+    assert sorted(os.path.basename(path) for path in env["py_modules"]) == ["bickd", "bickd_tune"]
