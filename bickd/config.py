@@ -1,8 +1,9 @@
-"""The one config object of a training run, validated once and passed unchanged to the training step.
+"""The one config object of a training run: the YAML's training sections, validated, then handed to the loop.
 
 `TrainConfig` holds everything a single distillation needs (data, teacher, student, recipe, loss, seed,
-runtime). The platform's experiment schema extends it with search/scheduler/resources sections, and a trial
-is `TrainConfig.with_overrides(sampled values)`: the same validation runs on every sampled point.
+runtime). The platform's experiment schema extends it with search/scheduler/resources sections; a trial is
+`TrainConfig.with_overrides(sampled values)`, which validates the whole config again, so every sampled point
+meets the same rules. `apply_overrides` is the one dotted-path setter of the project.
 """
 from __future__ import annotations
 

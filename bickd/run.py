@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from bickd import engine
 from bickd.config import TrainConfig
 from bickd.data import ImageData, augment_batch, load_data, make_batches
+from bickd.data.batches import memory_format
 from bickd.losses import build_loss
 from bickd.models import create_model, load_checkpoint
 from bickd.optim import build_optimizer, set_lr
@@ -68,7 +69,7 @@ def fit(cfg: TrainConfig, report: Report = print_report, resume: dict[str, Any] 
     apply_threads(cfg.runtime)
     seed_everything(cfg.seed)
     amp = lambda: autocast(cfg.runtime, device)  # noqa: E731 - a fresh context per use
-    memory_format = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
+    layout = memory_format(cfg.runtime.channels_last)
 
     data = load_data(cfg.data)
     cache = cfg.teacher_cache
@@ -76,12 +77,12 @@ def fit(cfg: TrainConfig, report: Report = print_report, resume: dict[str, Any] 
                            world_size=world_size, channels_last=cfg.runtime.channels_last,
                            view_seed=cache.seed if cache.enabled else None,
                            view_epochs=cache.epochs if cache.enabled else None)
-    student = create_model(cfg.student.model, batches.num_classes).to(device, memory_format=memory_format)
+    student = create_model(cfg.student.model, batches.num_classes).to(device, memory_format=layout)
     loss_fn = build_loss(cfg.loss)
     if not loss_fn.needs_teacher:
         teacher_fn = None
     elif teacher_fn is None:
-        teacher = build_teacher(cfg, batches.num_classes, device, teacher_state).to(memory_format=memory_format)
+        teacher = build_teacher(cfg, batches.num_classes, device, teacher_state).to(memory_format=layout)
         if cache.enabled:
             teacher_fn = open_teacher_cache(cfg, teacher.state_dict()).teacher_fn(device)
             del teacher  # the cache replaces it: no teacher forward in the training step
@@ -153,7 +154,7 @@ def build_teacher_cache(cfg: TrainConfig, teacher_state: dict[str, torch.Tensor]
     if not isinstance(data, ImageData):
         raise ValueError("a teacher-logit cache needs an in-memory data set (not folder data such as imagenet)")
     teacher = build_teacher(cfg, data.num_classes, device, teacher_state).eval()
-    memory_format = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
+    layout = memory_format(cfg.runtime.channels_last)
     images = data.train_images.to(device)
     teacher_state = {k: v.cpu() for k, v in teacher.state_dict().items()}
 
@@ -163,7 +164,7 @@ def build_teacher_cache(cfg: TrainConfig, teacher_state: dict[str, torch.Tensor]
             for start in range(0, len(images), chunk):
                 idx = torch.arange(start, min(start + chunk, len(images)), device=device)
                 views = augment_batch(images[idx], idx, epoch, cfg.teacher_cache.seed, data.augment,
-                                      data.mean, data.std).contiguous(memory_format=memory_format)
+                                      data.mean, data.std).contiguous(memory_format=layout)
                 with torch.no_grad(), autocast(cfg.runtime, device):
                     out[start:start + len(idx)] = teacher(views).float().cpu().numpy()
             yield out

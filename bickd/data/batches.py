@@ -14,6 +14,11 @@ from bickd.data.augment import _splitmix64, augment_batch, normalize
 from bickd.data.types import FolderData, ImageData
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """NHWC (channels_last) or the default layout, for image batches and the models they meet."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(int(_splitmix64(torch.tensor([seed * 65_537 + epoch]))[0]) & (2**62 - 1))
     return torch.randperm(num_samples, generator=generator)
@@ -29,7 +34,7 @@ class TensorBatches:
         self.view_seed = seed if view_seed is None else view_seed
         self.view_epochs = view_epochs
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.memory_format = memory_format(channels_last)
         # Moved once: every per-batch operation below runs where the model runs.
         self.train_images = data.train_images.to(self.device)
         self.train_labels = data.train_labels.to(self.device)
@@ -98,7 +103,7 @@ class FolderBatches:
                  world_size: int = 1, channels_last: bool = False, drop_last: bool = True, num_workers: int = 4):
         from torch.utils.data import DataLoader, DistributedSampler
         self.device, self.num_classes = torch.device(device), data.num_classes
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.memory_format = memory_format(channels_last)
         self.sampler = DistributedSampler(_Indexed(data.train), world_size, rank, shuffle=True, seed=seed,
                                           drop_last=True)
         pin = self.device.type == "cuda"

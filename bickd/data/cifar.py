@@ -29,7 +29,7 @@ MANIFEST = "bickd-manifest.json"
 
 
 # torchvision is imported on first use, not with this module: `import torchvision.datasets` pulls in
-# torch._dynamo (2.4 s of a 7 s `import bickd.run` on a 2-core machine), paid by every trial process.
+# torch._dynamo, seconds that every trial process would pay.
 @functools.cache
 def _local_cifar100_class():
     from torchvision.datasets import CIFAR100
