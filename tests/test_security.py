@@ -42,8 +42,8 @@ def test_checkpoints_load_weights_only_and_yaml_safely():
 
 def test_servers_listen_on_loopback_only():
     for path in _tracked((".py", ".md", ".yaml")):
-        if "/tests/" in path:
-            continue
+        if "/tests/" in path or path.endswith("bickd_tune/cluster_check.py"):
+            continue  # the tests and the config checker name the forbidden settings in order to refuse them
         text = open(path, encoding="utf-8").read()
         for block in re.split(r"^```", text, flags=re.MULTILINE):
             for host in re.findall(r"--host[= ](\S+)", block) + re.findall(r"--dashboard-host[= ](\S+)", block):
