@@ -19,7 +19,6 @@ The last line is machine-readable for tracking over time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

@@ -59,7 +59,7 @@ def _run(experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int,
     # The teacher's Ray task starts first and runs while the driver imports MLflow and opens its store.
     teacher = TeacherStage(experiment, paths, num_classes)
 
-    from bickd_tune.tracking import TrialLogger, Tracker
+    from bickd_tune.tracking import Tracker
 
     tracker = Tracker(paths.tracking_uri, experiment.tracking.experiment_name or experiment.name, paths.identity,
                       paths.local_dir)

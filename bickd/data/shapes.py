@@ -21,7 +21,6 @@ from pydantic import Field
 
 from bickd.data.cifar import FOLDER, load_cifar100, write_cifar100
 from bickd.data.registry import register_dataset
-from bickd.data.split import hold_out_validation
 from bickd.data.types import AugmentSpec, ImageData
 from bickd.schema import StrictModel
 
