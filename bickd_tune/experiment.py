@@ -135,6 +135,32 @@ class AblationConfig(StrictModel):
         return self
 
 
+class ConfirmConfig(StrictModel):
+    """After a search: its best settings, the control and the method's default, each over fresh seeds at the
+    full recipe (no early stopping), compared with the control (Welch t-tests, Holm-corrected)."""
+    top_k: int = Field(2, ge=1, description="how many of the search's best distinct settings (by its objective) "
+                       "to confirm")
+    seeds: list[int] = Field(min_length=2, description="fresh seeds every setting trains with; none may be a seed "
+                             "the search trained with")
+    arms: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"defaults": {}}, description="settings trained beside the winners: name -> "
+        "overrides of the base config ({} is the YAML's own setting, the method's default)")
+    control: str = Field(description="the arm every other setting is compared with, e.g. KD at its defaults")
+    alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the verdicts, after Holm's correction")
+
+    @model_validator(mode="after")
+    def _arms_named(self) -> ConfirmConfig:
+        if self.control not in self.arms:
+            raise ValueError(f"control '{self.control}' is not an arm{did_you_mean(self.control, self.arms)}; "
+                             f"arms: {', '.join(self.arms) or 'none'}")
+        reserved = [name for name in self.arms if re.fullmatch(r"top\d+", name)]
+        if reserved:
+            raise ValueError(f"arms {reserved}: names top1, top2, ... are the search's winners; rename them")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds {self.seeds} repeat a seed")
+        return self
+
+
 class ResourcesConfig(StrictModel):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0, description="fractions pack several trials on one GPU")
@@ -178,6 +204,8 @@ class ExperimentConfig(TrainConfig):
                               "folder) or s3:// / gs:// / abfss:// URI, with pyarrow's ?query options if needed")
     search: SearchConfig | None = Field(None, description="an Optuna search (give this or `ablation`)")
     ablation: AblationConfig | None = Field(None, description="arms x seeds with a table per arm (or `search`)")
+    confirm: ConfirmConfig | None = Field(None, description="after the search: confirm its best settings over "
+                                          "fresh seeds against a control (needs `search`)")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="early stopping of a search")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="what a trial asks Ray for")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="where MLflow runs go")
@@ -207,6 +235,13 @@ class ExperimentConfig(TrainConfig):
             raise ValueError(f"scheduler.max_t {self.scheduler.max_t} exceeds recipe.epochs {self.recipe.epochs}")
         if self.scheduler.type == "asha" and self.scheduler.grace_period > max_t:
             raise ValueError(f"scheduler.grace_period {self.scheduler.grace_period} exceeds max_t {max_t}")
+        if self.confirm is not None:
+            if self.search is None:
+                raise ValueError("confirm: confirms the winners of a search; it needs a `search` section")
+            reused = sorted(set(self.confirm.seeds) & set(self.search_seeds))
+            if reused:
+                raise ValueError(f"confirm.seeds {reused}: the search trained with seed(s) {self.search_seeds}; "
+                                 "confirmation needs fresh seeds (the winners were picked on those)")
         if self.is_remote and self.tracking.tracking_uri is None:
             raise ValueError("storage_path is remote: set tracking.tracking_uri to an MLflow server "
                              "(e.g. http://127.0.0.1:5000 on the head node)")
@@ -230,6 +265,20 @@ class ExperimentConfig(TrainConfig):
         if self.search is not None:
             return self.search.metric, self.search.goal
         return "val/top1", "max"
+
+    @property
+    def search_seeds(self) -> list[int]:
+        """The seeds the search's trials train with: the config's, or those its space may sample."""
+        if self.search is None:
+            return []
+        param = self.search.space.get("seed")
+        if param is None:
+            return [self.seed]
+        if param.choice is not None:
+            return sorted({int(v) for v in param.choice})
+        if param.int is not None:
+            return list(range(param.int[0], param.int[1] + 1))
+        return [self.seed]  # a continuous seed is refused when trials are validated
 
     @property
     def chooses_on_test(self) -> bool:
@@ -285,6 +334,8 @@ def _check_trials_are_valid(experiment: ExperimentConfig, source: str) -> list[t
                    for i, point in enumerate(experiment.search.points_to_evaluate)]
     if experiment.ablation is not None:
         checks += [(f"ablation.arms.{arm}", overrides) for arm, overrides in experiment.ablation.arms.items()]
+    if experiment.confirm is not None:
+        checks += [(f"confirm.arms.{arm}", overrides) for arm, overrides in experiment.confirm.arms.items()]
     trials = []
     for where, overrides in checks:
         try:

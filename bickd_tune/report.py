@@ -10,6 +10,7 @@ Runs automatically at the end of `python -m platform.tune`.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -26,24 +27,25 @@ from bickd_tune.ablation import ablation_table, to_markdown  # noqa: E402
 from bickd_tune.experiment import ExperimentConfig  # noqa: E402
 from bickd_tune.published import PAPER_CLAIM_OVER_KD, published_row  # noqa: E402
 from bickd_tune.paths import ExperimentPaths  # noqa: E402
-from bickd_tune.tracking import TAG_KIND, Tracker  # noqa: E402
+from bickd_tune.tracking import TAG_KIND, Tracker, stage_of  # noqa: E402
 
 CURVE_METRIC = "val/top1"
 FINAL = {"val_top1": "final/val/top1", "val_top5": "final/val/top5", "val_loss": "final/val/loss",
          "test_top1": "final/test/top1", "test_loss": "final/test/loss"}
 
 
-def trial_runs(tracker: Tracker) -> pd.DataFrame:
-    """One row per trial run of this experiment: name, status, params, final metrics, stop reason."""
+def trial_runs(tracker: Tracker, main_stage: str = "search") -> pd.DataFrame:
+    """One row per trial run of this experiment: stage, name, status, params, final metrics, stop reason."""
     rows = []
     for run in tracker.trial_runs():
-        rows.append({"run_id": run.info.run_id, "trial": run.info.run_name, "status": run.info.status,
+        rows.append({"run_id": run.info.run_id, "stage": stage_of(run, main_stage), "trial": run.info.run_name,
+                     "status": run.info.status,
                      "arm": run.data.params.get("arm"), "seed": _int(run.data.params.get("seed")),
                      **{column: run.data.metrics.get(metric) for column, metric in FINAL.items()},
                      "epochs": _int(run.data.metrics.get("final/epochs")),
                      "stop_reason": run.data.tags.get("stop_reason", ""),
                      "params": run.data.params})
-    return pd.DataFrame(rows, columns=["run_id", "trial", "status", "arm", "seed", *FINAL, "epochs",
+    return pd.DataFrame(rows, columns=["run_id", "stage", "trial", "status", "arm", "seed", *FINAL, "epochs",
                                        "stop_reason", "params"])
 
 
@@ -183,6 +185,24 @@ def comparison_section(experiment: ExperimentConfig, runs: pd.DataFrame) -> str:
     return "\n".join(lines) + table.to_markdown(index=False) + "\n"
 
 
+def confirmation_section(experiment: ExperimentConfig, experiment_dir: str, runs: pd.DataFrame) -> list[str]:
+    """The claim the experiment ends with: the search's winners over fresh seeds against the control."""
+    from bickd_tune.confirm import PLAN_FILE, ConfirmPlan, confirmation_table, final_rows
+    from bickd_tune.confirm import to_markdown as confirmation_markdown
+
+    plan_path = os.path.join(experiment_dir, PLAN_FILE)
+    if experiment.confirm is None or not os.path.exists(plan_path):
+        return []
+    with open(plan_path, encoding="utf-8") as handle:
+        plan = ConfirmPlan.from_json(json.load(handle))
+    done = final_rows(runs[runs.status == "FINISHED"])
+    if not len(done):
+        return ["", "## Confirmation over fresh seeds", "", "No confirmation trial has finished yet."]
+    return ["", "## Confirmation over fresh seeds", "",
+            confirmation_markdown(confirmation_table(done, plan), plan, experiment.search_seeds,
+                                  experiment.chooses_on_test)]
+
+
 def _pm(values: pd.Series) -> str:
     return f"{values.mean():.2f}" if len(values) < 2 else f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
 
@@ -201,7 +221,9 @@ def write_experiment_report(target: str, tracking_uri: str | None = None, quiet:
                       paths.identity, experiment_dir)
     folder = os.path.join(experiment_dir, "report")
     os.makedirs(folder, exist_ok=True)
-    runs = trial_runs(tracker)
+    everything = trial_runs(tracker, experiment.mode)
+    runs = everything[everything.stage != "confirm"]  # the search's (or ablation's) own trials
+    confirm_runs = everything[everything.stage == "confirm"]
     parent = tracker.find_run(**{TAG_KIND: "experiment"})
     metric, mode = experiment.objective
     lines = [f"# {experiment.name}", "", experiment.description, "",
@@ -209,6 +231,8 @@ def write_experiment_report(target: str, tracking_uri: str | None = None, quiet:
              f"student: {experiment.student.model}; loss: {experiment.loss.name}; {experiment.recipe.epochs} epochs",
              f"- trials: {len(runs)} ({(runs.status == 'FINISHED').sum()} finished, "
              f"{(runs.status == 'FAILED').sum()} failed)",
+             *([f"- confirmation trials: {len(confirm_runs)} ({(confirm_runs.status == 'FINISHED').sum()} "
+                f"finished), over seeds {experiment.confirm.seeds}"] if len(confirm_runs) else []),
              ("- **no validation split** (`data.val_fraction: 0`): every choice here was made on the test set, "
               "so its test figures are optimistic" if experiment.chooses_on_test else
               f"- choices use the validation split ({mode} {metric}); test top-1 is the final model's, measured "
@@ -224,8 +248,9 @@ def write_experiment_report(target: str, tracking_uri: str | None = None, quiet:
         lines += ["", "## Chosen trial", "",
                   f"**{best.trial}**, chosen by {metric} on validation ({best[metric.replace('/', '_')]:.4g}): "
                   f"validation top-1 {best.val_top1:.2f}%, test top-1 {best.test_top1:.2f}% (final model, "
-                  f"{best.epochs} epochs). One trial picked out of {len(ranked(runs, experiment))}: confirm it over "
-                  "fresh seeds before calling it better."]
+                  f"{best.epochs} epochs). One trial picked out of {len(ranked(runs, experiment))} on one seed: "
+                  + ("its confirmation over fresh seeds is at the end." if experiment.confirm is not None else
+                     "confirm it over fresh seeds (a `confirm:` section) before calling it better.")]
     if len(runs):
         lines += ["", f"## Trials, best first by {metric} (validation)", "",
                   best_trials_table(runs, experiment).to_markdown(index=False)]
@@ -244,6 +269,7 @@ def write_experiment_report(target: str, tracking_uri: str | None = None, quiet:
     images += [curves] if curves else []
     lines += ["", "## Published numbers", "", comparison_section(experiment, runs)]
     lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in images]
+    lines += confirmation_section(experiment, experiment_dir, confirm_runs)
     report_path = os.path.join(folder, "report.md")
     with open(report_path, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")

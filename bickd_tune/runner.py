@@ -67,16 +67,21 @@ def _run(experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int,
                                 {"mode": experiment.mode, "experiment": experiment.name})
     try:
         teacher_state = teacher.finish(tracker, parent)
-        results = _trials(experiment, paths, tracker, parent, teacher_state, joined)
-        if results is None:  # Tune caught Ctrl+C, saved its state and returned: say so, do not summarise
+        from bickd_tune.teacher import prepare_teacher_cache
+        base = prepare_teacher_cache(experiment, experiment.base_train_config(), teacher_state, paths)
+        stages = _Stages(experiment, paths, tracker, parent, base, teacher_state, joined, resume)
+        results = stages.main()
+        confirmed = None
+        if results is not None and experiment.confirm is not None:
+            confirmed = stages.confirm(results)
+        if results is None or (experiment.confirm is not None and confirmed is None):
+            # Tune caught Ctrl+C, saved its state and returned: say so, do not summarise
             tracker.finish_open_trial_runs("KILLED")
             tracker.finish(parent, "KILLED")
             print("\ninterrupted: the state is saved; continue with\n  python -m platform.tune <yaml> --resume",
                   flush=True)
             return 130
-        if resume:
-            _retire_orphans(experiment, paths, tracker, results)
-        summary = _summarise(experiment, paths, results, tracker, parent)
+        summary = _summarise(experiment, paths, results, tracker, parent, confirmed)
         if write_report:
             from bickd_tune.report import write_experiment_report
             write_experiment_report(paths.local_dir, tracking_uri=paths.tracking_uri, quiet=False)
@@ -94,51 +99,85 @@ def _run(experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int,
         raise
 
 
-def _trials(experiment: ExperimentConfig, paths: ExperimentPaths, tracker, parent: str, teacher_state, joined: bool):
-    """Runs (or resumes) the trials; returns Tune's ResultGrid, or None when the run was interrupted."""
-    from bickd_tune import tuner
-    from bickd_tune.results import interrupted
-    from bickd_tune.teacher import prepare_teacher_cache
-    from bickd_tune.tracking import TrialLogger
+class _Stages:
+    """The experiment's Tune runs in order: the search or ablation, then a search's confirmation."""
 
-    base = prepare_teacher_cache(experiment, experiment.base_train_config(), teacher_state, paths)
-    logger = TrialLogger(tracker, parent, _describer(base, experiment), experiment.max_epochs,
-                         {"experiment": experiment.name})
-    tuner.restore_working_files(paths)
-    results = tuner.tuner_for(experiment, paths, tuner.trainable(experiment, paths, base, teacher_state), [logger],
-                              base, joined).fit()
-    return None if interrupted(results, _planned_trials(experiment), _search_exhausted(experiment, paths)) else results
+    def __init__(self, experiment: ExperimentConfig, paths: ExperimentPaths, tracker, parent: str, base,
+                 teacher_state, joined: bool, resume: bool):
+        self.experiment, self.paths, self.tracker, self.parent = experiment, paths, tracker, parent
+        self.base, self.teacher_state, self.joined, self.resume = base, teacher_state, joined, resume
+
+    def main(self):
+        """Runs (or resumes) the search or ablation; its ResultGrid, or None when the run was interrupted. A
+        search whose confirmation has begun is finished: its results are read back, nothing runs again."""
+        from bickd_tune import tuner
+        from bickd_tune.confirm import saved_plan
+
+        stage = tuner.main_stage(self.experiment, self.paths)
+        if self.experiment.confirm is not None and saved_plan(self.paths) is not None:
+            return tuner.finished_results(stage, self._function(stage))
+        tuner.restore_working_files(self.paths)
+        results = self._fit(stage)
+        if results is not None and self.resume:
+            self._retire_orphans(stage, results)
+            if self.experiment.search is not None:
+                from bickd_tune.search import retire_running_trials
+                retire_running_trials(self.paths.optuna_storage, self.experiment.name)
+        return results
+
+    def confirm(self, search_results):
+        """Trains the search's winners, the control and the default over fresh seeds; their ResultGrid and
+        plan, or None when interrupted."""
+        from bickd_tune import confirm, tuner
+
+        plan = confirm.load_or_choose(self.experiment, self.paths, self.base, search_results)
+        print(f"[confirm] {len(plan.arms)} settings x {len(plan.seeds)} fresh seeds = {plan.trials} trials at the "
+              f"full recipe, each compared with {plan.control}: {', '.join(plan.arms)}", flush=True)
+        stage = tuner.confirm_stage(self.experiment, self.paths, plan)
+        results = self._fit(stage)
+        if results is None:
+            return None
+        if self.resume:
+            self._retire_orphans(stage, results)
+        return plan, results
+
+    def _function(self, stage):
+        from bickd_tune import tuner
+        return tuner.trainable(self.experiment, self.paths, self.base, self.teacher_state, stage)
+
+    def _fit(self, stage):
+        from bickd_tune import tuner
+        from bickd_tune.results import interrupted
+        from bickd_tune.tracking import TrialLogger
+
+        logger = TrialLogger(self.tracker, self.parent, _describer(self.base, stage), stage.max_epochs,
+                             {"experiment": self.experiment.name, "stage": stage.name})
+        results = tuner.tuner_for(self.experiment, self.paths, self._function(stage), [logger], self.base,
+                                  self.joined, stage).fit()
+        planned = stage.planned if stage.planned is not None else self.experiment.search.num_samples
+        exhausted = stage.arms is None and _search_exhausted(self.experiment, self.paths)
+        return None if interrupted(results, planned, exhausted) else results
+
+    def _retire_orphans(self, stage, results) -> None:
+        """After a resume from a hard kill, trials that started after Tune's last state snapshot ran again
+        under new ids: their first records are retired in MLflow (and in the Optuna study), so each counts once."""
+        from bickd_tune.results import trial_of_this_run
+        self.tracker.retire_runs_of_other_trials(trial_of_this_run(results), stage.name)
 
 
-def _describer(base, experiment: ExperimentConfig):
+def _describer(base, stage):
     from bickd_tune.tracking import flatten
     from bickd_tune.trial import trial_config
 
-    arms = experiment.ablation.arms if experiment.ablation is not None else None
-
     def describe(point: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """A trial's run name and its params: the whole resolved config."""
-        config = trial_config(base, point, arms)
-        name = (f"{point['arm']}-seed{point['seed']}" if arms is not None else
+        config = trial_config(base, point, stage.arms)
+        name = (f"{point['arm']}-seed{point['seed']}" if stage.arms is not None else
                 ", ".join(f"{k.split('.')[-1]}={short(v)}" for k, v in point.items()) or "defaults")
-        return name, {**flatten(config.train_dict()), **({"arm": point["arm"]} if arms else {})}
+        if stage.name == "confirm":
+            name = f"confirm-{name}"
+        return name, {**flatten(config.train_dict()), **({"arm": point["arm"]} if stage.arms else {})}
     return describe
-
-
-def _retire_orphans(experiment: ExperimentConfig, paths: ExperimentPaths, tracker, results) -> None:
-    """After a resume from a hard kill, trials that started after Tune's last state snapshot ran again under
-    new ids: their first records are retired in MLflow and in the Optuna study, so each counts once."""
-    from bickd_tune.results import trial_of_this_run
-    tracker.retire_runs_of_other_trials(trial_of_this_run(results))
-    if experiment.search is not None:
-        from bickd_tune.search import retire_running_trials
-        retire_running_trials(paths.optuna_storage, experiment.name)
-
-
-def _planned_trials(experiment: ExperimentConfig) -> int:
-    if experiment.search is not None:
-        return experiment.search.num_samples
-    return len(experiment.ablation.arms) * len(experiment.ablation.seeds)
 
 
 def _search_exhausted(experiment: ExperimentConfig, paths: ExperimentPaths) -> bool:
@@ -148,7 +187,8 @@ def _search_exhausted(experiment: ExperimentConfig, paths: ExperimentPaths) -> b
     return exhausted(paths.optuna_storage, experiment.name)
 
 
-def _summarise(experiment: ExperimentConfig, paths: ExperimentPaths, results, tracker, parent: str) -> str:
+def _summarise(experiment: ExperimentConfig, paths: ExperimentPaths, results, tracker, parent: str,
+               confirmed) -> str:
     from bickd_tune.ablation import write_table
     from bickd_tune.results import result_rows, summary_lines
 
@@ -166,13 +206,39 @@ def _summarise(experiment: ExperimentConfig, paths: ExperimentPaths, results, tr
         with open(written["ablation.md"], encoding="utf-8") as handle:
             ablation_markdown = handle.read()
     lines = summary_lines(experiment, rows, ablation_markdown)
-    return "\n".join([*lines, f"results   {paths.experiment_uri}", f"mlflow    {tracker.runs_page_hint()}"])
+    lines += [f"results   {paths.experiment_uri}", f"mlflow    {tracker.runs_page_hint()}"]
+    if confirmed is not None:  # the claim comes last: the winners over fresh seeds against the control
+        lines += ["", *_confirmation_lines(experiment, paths, tracker, parent, *confirmed)]
+    return "\n".join(lines)
+
+
+def _confirmation_lines(experiment: ExperimentConfig, paths: ExperimentPaths, tracker, parent: str, plan,
+                        results) -> list[str]:
+    from bickd_tune import confirm
+    from bickd_tune.results import result_rows
+
+    rows = result_rows(results, ablation=True)
+    csv = os.path.join(paths.local_dir, "confirm_trials.csv")
+    rows.to_csv(csv, index=False)
+    tracker.log_artifact(parent, csv)
+    ok = rows[rows.error == ""] if len(rows) else rows
+    failed = len(rows) - len(ok)
+    lines = [f"confirmation over fresh seeds: {len(ok)} of {len(rows)} trials completed"
+             + (f", {failed} failed" if failed else "")]
+    if len(ok.dropna(subset=["test_top1"])):
+        written = confirm.write_tables(ok, plan, os.path.join(paths.local_dir, "results"), experiment.search_seeds,
+                                       experiment.chooses_on_test)
+        for path in written.values():
+            tracker.log_artifact(parent, path, "confirmation")
+        with open(written["confirmation.md"], encoding="utf-8") as handle:
+            lines += ["", handle.read()]
+    return lines
 
 
 def _keep_outputs_in_storage(paths: ExperimentPaths) -> None:
     """The tables and the report go to the experiment's storage too: the head's disk is not the record."""
     storage = paths.storage()
-    for name in ("trials.csv", "results", "report"):
+    for name in ("trials.csv", "confirm_trials.csv", "results", "report"):
         local = os.path.join(paths.local_dir, name)
         if os.path.exists(local):
             storage.upload(local, name)

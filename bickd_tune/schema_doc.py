@@ -84,13 +84,14 @@ def document() -> str:
     from bickd.config import DataConfig, RecipeConfig, RuntimeConfig, StudentConfig, TeacherCacheConfig, TeacherConfig, TrainConfig
     from bickd.data import DATASETS
     from bickd.losses import LOSSES
-    from bickd_tune.experiment import (AblationConfig, ExperimentConfig, ResourcesConfig, SchedulerConfig,
-                                       SearchConfig, SearchParam, TrackingConfig)
+    from bickd_tune.experiment import (AblationConfig, ConfirmConfig, ExperimentConfig, ResourcesConfig,
+                                       SchedulerConfig, SearchConfig, SearchParam, TrackingConfig)
 
     parts = [INTRO, "## Top level", table(ExperimentConfig)]
     sections = [("data", DataConfig), ("teacher", TeacherConfig), ("student", StudentConfig), ("recipe", RecipeConfig),
                 ("runtime", RuntimeConfig), ("teacher_cache", TeacherCacheConfig), ("search", SearchConfig),
-                ("search.space.<parameter>", SearchParam), ("ablation", AblationConfig), ("scheduler", SchedulerConfig),
+                ("search.space.<parameter>", SearchParam), ("confirm", ConfirmConfig),
+                ("ablation", AblationConfig), ("scheduler", SchedulerConfig),
                 ("resources", ResourcesConfig), ("tracking", TrackingConfig)]
     for name, model in sections:
         parts += [f"## `{name}`", table(model, "")]

@@ -27,6 +27,13 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 TAG_EXPERIMENT = "bickd.experiment"  # the experiment's storage location: the same from any head
 TAG_KIND = "bickd.kind"
 TAG_TRIAL_ID = "ray.trial_id"
+TAG_STAGE = "stage"  # a trial's Tune run: search, ablation or confirm (the confirmation after a search)
+
+
+def stage_of(run, main: str) -> str:
+    """A trial run's stage; runs logged before stages were tagged belong to the experiment's `main` stage
+    (its search or ablation: confirmation runs were always tagged)."""
+    return run.data.tags.get(TAG_STAGE) or main
 
 
 def git_commit() -> str:
@@ -120,13 +127,13 @@ class Tracker:
         query = f"tags.`{TAG_EXPERIMENT}` = '{self.identity}' and tags.`{TAG_KIND}` = 'trial'"
         return self.client.search_runs([self.experiment_id], filter_string=query, max_results=5000)
 
-    def retire_runs_of_other_trials(self, is_ours: Callable[[str], bool]) -> int:
+    def retire_runs_of_other_trials(self, is_ours: Callable[[str], bool], stage: str) -> int:
         """After a resume from a hard kill: trials started after Tune's last state snapshot were run again
-        under new ids. Their first, abandoned runs are retired so each trial is counted once: tagged
-        `orphaned`, marked KILLED and deleted (MLflow keeps deleted runs restorable)."""
+        under new ids. Their first, abandoned runs (of this stage) are retired so each trial is counted once:
+        tagged `orphaned`, marked KILLED and deleted (MLflow keeps deleted runs restorable)."""
         retired = 0
         for run in self.trial_runs():
-            if not is_ours(run.data.tags.get(TAG_TRIAL_ID, "")):
+            if stage_of(run, stage) == stage and not is_ours(run.data.tags.get(TAG_TRIAL_ID, "")):
                 self.client.set_tag(run.info.run_id, "orphaned", "started before the driver died; re-run on resume")
                 self.finish(run.info.run_id, "KILLED")
                 self.client.delete_run(run.info.run_id)

@@ -69,6 +69,12 @@ def plan_lines(experiment: ExperimentConfig, paths: ExperimentPaths) -> list[str
                   f"{search.goal} {search.metric}; space: {', '.join(search.space) or '(empty)'}")
         if search.points_to_evaluate:
             trials += f"; first {len(search.points_to_evaluate)} point(s) given"
+        if experiment.confirm is not None:
+            confirm = experiment.confirm
+            trials += (f"\nconfirm      then the top {confirm.top_k} distinct settings + {', '.join(confirm.arms)}, "
+                       f"each over seeds {confirm.seeds} at the full recipe (up to "
+                       f"{(confirm.top_k + len(confirm.arms)) * len(confirm.seeds)} trials), compared with "
+                       f"{confirm.control} (Welch, Holm-corrected)")
     else:
         ablation = experiment.ablation
         trials = (f"ablation: {len(ablation.arms)} arms x {len(ablation.seeds)} seeds = "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from ray import tune
@@ -13,9 +14,40 @@ from bickd.config import TrainConfig
 from bickd.config_io import ConfigError
 from bickd_tune.experiment import ExperimentConfig
 from bickd_tune.paths import ExperimentPaths
-from bickd_tune.storage import Storage
+from bickd_tune.storage import Storage, join
 
 OPTUNA_DB = "optuna.db"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One Tune run of an experiment: its search, its ablation grid, or the confirmation after a search."""
+    name: str                                # "search", "ablation" or "confirm": the trials' MLflow `stage` tag
+    arms: dict[str, dict[str, Any]] | None   # a grid's arms (name -> overrides); None for a search
+    seeds: list[int] | None                  # a grid's seeds
+    storage_path: str                        # Tune's storage_path and name: the stage's state lives in
+    tune_name: str                           # <storage_path>/<tune_name>
+    max_epochs: int                          # the longest trial (a shorter one was stopped early)
+
+    @property
+    def uri(self) -> str:
+        return join(self.storage_path, self.tune_name)
+
+    @property
+    def planned(self) -> int | None:
+        return None if self.arms is None else len(self.arms) * len(self.seeds)
+
+
+def main_stage(experiment: ExperimentConfig, paths: ExperimentPaths) -> Stage:
+    """The experiment's own Tune run, whose state is the experiment folder itself."""
+    ablation = experiment.ablation
+    return Stage(experiment.mode, ablation.arms if ablation else None, ablation.seeds if ablation else None,
+                 paths.storage_root, experiment.name, experiment.max_epochs)
+
+
+def confirm_stage(experiment: ExperimentConfig, paths: ExperimentPaths, plan) -> Stage:
+    """The confirmation after a search: its own Tune run in `<experiment>/confirm`, the full recipe."""
+    return Stage("confirm", plan.arms, plan.seeds, paths.experiment_uri, "confirm", experiment.recipe.epochs)
 
 
 def worker_resources(experiment: ExperimentConfig) -> dict[str, float]:
@@ -57,13 +89,12 @@ def check_resources(experiment: ExperimentConfig, available: dict[str, float]) -
                           f"CPUs than the cluster's {available.get('CPU', 0):g}")
 
 
-def trainable(experiment: ExperimentConfig, paths: ExperimentPaths, base: TrainConfig, teacher_state):
+def trainable(experiment: ExperimentConfig, paths: ExperimentPaths, base: TrainConfig, teacher_state, stage: Stage):
     from bickd_tune.trial import run_trial
 
     r = experiment.resources
-    arms = experiment.ablation.arms if experiment.ablation is not None else None
     function = tune.with_parameters(
-        run_trial, base=base, arms=arms, teacher_state=teacher_state, num_workers=r.num_workers,
+        run_trial, base=base, arms=stage.arms, teacher_state=teacher_state, num_workers=r.num_workers,
         worker_resources=worker_resources(experiment), storage_path=paths.storage_root, max_failures=r.max_failures)
     return tune.with_resources(function, trial_resources(experiment))
 
@@ -97,14 +128,14 @@ def restore_working_files(paths: ExperimentPaths) -> None:
 
 
 def new_tuner(experiment: ExperimentConfig, paths: ExperimentPaths, function, callbacks: list[Callback],
-              base: TrainConfig, joined: bool) -> tune.Tuner:
+              base: TrainConfig, joined: bool, stage: Stage) -> tune.Tuner:
     from ray.tune.schedulers import ASHAScheduler
 
     from bickd_tune.ray_env import cluster_resources
     from bickd_tune.search import build_searcher
 
     search_alg, scheduler, param_space, num_samples = None, None, {}, 1
-    if experiment.search is not None:
+    if stage.arms is None:
         search_alg = build_searcher(experiment.search, paths.optuna_storage, experiment.name, base)
         num_samples = experiment.search.num_samples
         if experiment.scheduler.type == "asha":
@@ -113,8 +144,8 @@ def new_tuner(experiment: ExperimentConfig, paths: ExperimentPaths, function, ca
                                       grace_period=experiment.scheduler.grace_period,
                                       reduction_factor=experiment.scheduler.reduction_factor)
     else:
-        param_space = {"arm": tune.grid_search(list(experiment.ablation.arms)),
-                       "seed": tune.grid_search(list(experiment.ablation.seeds))}
+        # A grid trains every trial to the end: nothing is chosen between arms, so nothing stops early.
+        param_space = {"arm": tune.grid_search(list(stage.arms)), "seed": tune.grid_search(list(stage.seeds))}
     concurrent = experiment.resources.max_concurrent_trials
     if concurrent is None and not (joined and experiment.resources.num_workers == 0):
         # Local: what fits now. Joined clusters autoscale, and Tune queues single-device trials on their
@@ -130,21 +161,25 @@ def new_tuner(experiment: ExperimentConfig, paths: ExperimentPaths, function, ca
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, reuse_actors=True,
                                     num_samples=num_samples, max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(
-            name=experiment.name, storage_path=paths.storage_root, callbacks=callbacks,
+            name=stage.tune_name, storage_path=stage.storage_path, callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=experiment.resources.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1),
     )
 
 
 def tuner_for(experiment: ExperimentConfig, paths: ExperimentPaths, function, callbacks: list[Callback],
-              base: TrainConfig, joined: bool) -> tune.Tuner:
-    """The experiment's Tuner: restored from its storage when Tune saved a state there (a resumed run; Tune
+              base: TrainConfig, joined: bool, stage: Stage) -> tune.Tuner:
+    """The stage's Tuner: restored from its storage when Tune saved a state there (a resumed run; Tune
     restores its own pickled callbacks then), else new (a first run, or one killed before its trials)."""
-    if tune.Tuner.can_restore(paths.experiment_uri):
-        print(f"resuming the trials from {paths.experiment_uri}", flush=True)
-        return tune.Tuner.restore(paths.experiment_uri, trainable=function, resume_unfinished=True,
-                                  resume_errored=True)
-    return new_tuner(experiment, paths, function, callbacks, base, joined)
+    if tune.Tuner.can_restore(stage.uri):
+        print(f"resuming the {stage.name} trials from {stage.uri}", flush=True)
+        return tune.Tuner.restore(stage.uri, trainable=function, resume_unfinished=True, resume_errored=True)
+    return new_tuner(experiment, paths, function, callbacks, base, joined, stage)
+
+
+def finished_results(stage: Stage, function):
+    """The ResultGrid of a stage that already ran to its end, read back without running anything."""
+    return tune.Tuner.restore(stage.uri, trainable=function).get_results()
 
 
 def storage_has_state(paths: ExperimentPaths) -> bool:

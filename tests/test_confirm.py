@@ -1,0 +1,151 @@
+"""A search that ends in a claim: its winners, the control and the default over fresh seeds (bickd_tune/confirm.py).
+
+The end-to-end test runs the real CLI in subprocesses (each starts its own local Ray), SIGKILLs the driver in
+the middle of the confirmation and resumes it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+from scipy import stats
+
+from bickd_tune.confirm import PLAN_FILE, ConfirmPlan, confirmation_table, holm
+from bickd_tune.processes import processes_under
+from bickd_tune.ray_env import local_temp_dir
+from bickd_tune.tracking import TAG_KIND
+from tests.test_resume import REPO, _trial_checkpoints, _wait
+
+
+def _cli(*args: str) -> subprocess.Popen:
+    """The CLI with its report (the confirmation is its last section)."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    return subprocess.Popen([sys.executable, "-m", "platform.tune", *args, "--num-cpus", "2"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_holm_matches_the_step_down_definition():
+    # sorted p: 0.01, 0.03, 0.04 -> 3*0.01, max(0.03, 2*0.03), max(0.06, 1*0.04)
+    assert holm([0.04, 0.01, 0.03]) == pytest.approx([0.06, 0.03, 0.06])
+    assert holm([0.5, math.nan, 0.9]) == pytest.approx([1.0, math.nan, 1.0], nan_ok=True)  # capped at 1
+
+
+def _plan(**arms) -> ConfirmPlan:
+    return ConfirmPlan(arms={name: {} for name in arms}, seeds=[1, 2, 3], control="kd", alpha=0.05,
+                       labels={}, search_values={}, metric="val/top1")
+
+
+def test_table_compares_each_setting_with_the_control_and_corrects_for_the_comparisons():
+    test = {"kd": [70.0, 70.5, 69.5], "top1": [75.0, 75.5, 74.5], "top2": [70.2, 69.6, 70.9]}
+    rows = pd.DataFrame([{"arm": arm, "seed": seed, "val_top1": value + 1, "test_top1": value}
+                         for arm, values in test.items() for seed, value in zip([1, 2, 3], values)])
+    table = confirmation_table(rows, _plan(top1=1, top2=1, kd=1)).set_index("arm")
+    raw = {arm: stats.ttest_ind(test[arm], test["kd"], equal_var=False).pvalue for arm in ("top1", "top2")}
+    assert table.loc["top1", "p"] == pytest.approx(raw["top1"]) and table.loc["top2", "p"] == pytest.approx(raw["top2"])
+    assert list(table.p_holm[["top1", "top2"]]) == pytest.approx(holm([raw["top1"], raw["top2"]]))
+    assert table.loc["top1", "delta"] == pytest.approx(5.0)
+    assert table.loc["top1", "ci_low"] < 5.0 < table.loc["top1", "ci_high"]
+    assert table.loc["top1", "verdict"] == "better than kd"
+    assert table.loc["top2", "verdict"] == "not distinguishable from kd at 3 seeds"
+    assert table.loc["kd", "verdict"] == "the control" and math.isnan(table.loc["kd", "p"])
+    assert table.loc["top1", "val_mean"] == pytest.approx(76.0)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(480)
+def test_search_then_confirmation_killed_midway_and_resumed(write_experiment, tmp_path):
+    if ray.is_initialized():
+        ray.shutdown()  # one Ray cluster at a time on this machine
+    path = write_experiment(
+        "confirmed", recipe={"epochs": 3},
+        teacher={"model": "resnet8", "recipe": {"epochs": 2, "batch_size": 64, "schedule": "cosine"}},
+        search={"num_samples": 3, "seed": 0, "space": {"loss.tau": {"loguniform": [0.05, 0.5]}},
+                "points_to_evaluate": [{"loss.tau": 0.1}]},
+        scheduler={"type": "none"},
+        confirm={"top_k": 2, "seeds": [1, 2], "control": "kd", "arms": {"kd": {"loss.name": "kd"}, "defaults": {}}},
+        resources={"cpus_per_trial": 1, "max_concurrent_trials": 2, "max_failures": 0})
+    experiment_dir = str(tmp_path / "experiments" / "confirmed")
+    confirm_dir = os.path.join(experiment_dir, "confirm")
+
+    first = _cli(path)
+    _wait(lambda: _trial_checkpoints(confirm_dir) >= 2, first, seconds=300)
+    with open(os.path.join(experiment_dir, PLAN_FILE), encoding="utf-8") as handle:
+        plan_before = json.load(handle)
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=60)
+    client = MlflowClient(f"sqlite:///{experiment_dir}/mlflow.db")
+    experiment_id = client.get_experiment_by_name("confirmed").experiment_id
+
+    def runs(stage: str):
+        return client.search_runs([experiment_id], filter_string=f"tags.`{TAG_KIND}` = 'trial' and "
+                                  f"tags.stage = '{stage}'")
+    search_ids = sorted(r.data.tags["ray.trial_id"] for r in runs("search"))
+    assert len(search_ids) == 3
+
+    resumed = _cli(path, "--resume")
+    out, _ = resumed.communicate(timeout=360)
+    assert resumed.returncode == 0, out
+    assert "resuming the confirm trials" in out and "resuming the search trials" not in out, out[-3000:]
+    deadline = time.time() + 30
+    ray_folder = local_temp_dir_of(path)
+    while processes_under(ray_folder) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not processes_under(ray_folder)
+
+    # The same settings were confirmed after the kill; the search was not run again.
+    with open(os.path.join(experiment_dir, PLAN_FILE), encoding="utf-8") as handle:
+        plan = ConfirmPlan.from_json(json.load(handle))
+    assert plan.to_json() == plan_before
+    assert sorted(r.data.tags["ray.trial_id"] for r in runs("search")) == search_ids
+    assert {"kd", "defaults"} <= set(plan.arms) and list(plan.arms)[-1] == "kd"  # the control last
+    winners = [name for name in plan.arms if name.startswith("top")]
+    assert 1 <= len(winners) <= 2  # a winner equal to the default is trained once, as `defaults`
+    assert len(winners) == 2 or "search #" in plan.labels["defaults"]
+
+    # The study holds only the search's trials.
+    study = optuna.load_study(study_name="confirmed", storage=f"sqlite:///{experiment_dir}/optuna.db")
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 3
+
+    # Every confirmation trial once, under the same parent run, tagged, on fresh seeds, every epoch once.
+    parent = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_KIND}` = 'experiment'")
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    confirmed = runs("confirm")
+    assert len(confirmed) == len(plan.arms) * 2
+    assert sorted((r.data.params["arm"], int(r.data.params["seed"])) for r in confirmed) == sorted(
+        (arm, seed) for arm in plan.arms for seed in (1, 2))
+    assert {int(r.data.params["seed"]) for r in runs("search")} == {0}
+    for run in confirmed:
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
+        assert run.info.run_name.startswith("confirm-")
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == [1, 2, 3]
+    assert {r.data.params["loss.name"] for r in confirmed if r.data.params["arm"] == "kd"} == {"kd"}
+
+    # The table: read back from MLflow's final figures, Holm over the comparisons with kd.
+    table = pd.read_csv(os.path.join(experiment_dir, "results", "confirmation.csv")).set_index("arm")
+    assert list(table.index) == list(plan.arms) and (table.seeds == 2).all()
+    final = {(r.data.params["arm"], int(r.data.params["seed"])): r.data.metrics["final/test/top1"] for r in confirmed}
+    for arm in plan.arms:
+        assert table.loc[arm, "test_mean"] == pytest.approx((final[(arm, 1)] + final[(arm, 2)]) / 2)
+    others = [arm for arm in plan.arms if arm != "kd"]
+    assert list(table.p_holm[others]) == pytest.approx(holm(list(table.p[others])))
+    assert table.loc["kd", "verdict"] == "the control"
+    assert f"Holm-corrected over the {len(others)} comparisons with kd" in out
+    assert f"confirmation over fresh seeds: {len(confirmed)} of {len(confirmed)} trials completed" in out
+    report = open(os.path.join(experiment_dir, "report", "report.md"), encoding="utf-8").read()
+    assert report.index("## Confirmation over fresh seeds") > report.index("## Trials, best first")
+
+
+def local_temp_dir_of(path: str) -> str:
+    from bickd_tune.experiment import load_experiment
+    from bickd_tune.paths import ExperimentPaths
+    return local_temp_dir(ExperimentPaths.of(load_experiment(path)))
