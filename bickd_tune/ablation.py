@@ -44,8 +44,8 @@ def _welch_p(a: pd.Series, b: pd.Series) -> float:
 def to_markdown(table: pd.DataFrame, reference: str, control: str | None, chooses_on_test: bool = False) -> str:
     shown = pd.DataFrame({
         "arm": table.arm, "seeds": table.seeds,
-        "validation top-1 (%)": [_pm(m, s) for m, s in zip(table.val_mean, table.val_std)],
-        "test top-1 (%)": [_pm(m, s) for m, s in zip(table.test_mean, table.test_std)],
+        "validation top-1 (%)": [mean_std(m, s) for m, s in zip(table.val_mean, table.val_std)],
+        "test top-1 (%)": [mean_std(m, s) for m, s in zip(table.test_mean, table.test_std)],
         f"Δ test vs {reference}": [_delta(d, p) for d, p in zip(table.delta_vs_reference, table.p_vs_reference)],
     })
     if control is not None:
@@ -59,7 +59,7 @@ def to_markdown(table: pd.DataFrame, reference: str, control: str | None, choose
     return shown.to_markdown(index=False) + "\n\n" + note + "\n"
 
 
-def _pm(mean: float, std: float) -> str:
+def mean_std(mean: float, std: float) -> str:
     return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 from scipy import stats
 
 from bickd.config import TrainConfig
+from bickd_tune.ablation import mean_std
 from bickd_tune.experiment import ExperimentConfig
 from bickd_tune.results import column, short
 
@@ -181,8 +182,8 @@ def to_markdown(table: pd.DataFrame, plan: ConfirmPlan, search_seeds: list[int],
         "setting": table.arm, "what it is": table.label,
         f"search {plan.metric} (1 seed)": [f"{v:.4g}" if v == v else "–" for v in table.search_value],
         "seeds": table.seeds,
-        "validation top-1 (%)": [_pm(m, s) for m, s in zip(table.val_mean, table.val_std)],
-        "test top-1 (%)": [_pm(m, s) for m, s in zip(table.test_mean, table.test_std)],
+        "validation top-1 (%)": [mean_std(m, s) for m, s in zip(table.val_mean, table.val_std)],
+        "test top-1 (%)": [mean_std(m, s) for m, s in zip(table.test_mean, table.test_std)],
         f"Δ test vs {plan.control} [95% CI]": [_delta(r) for r in table.itertuples()],
         "p (Holm)": ["–" if p != p else ("<0.001" if p < 0.001 else f"{p:.3f}") for p in table.p_holm],
         "verdict": table.verdict,
@@ -199,9 +200,6 @@ def to_markdown(table: pd.DataFrame, plan: ConfirmPlan, search_seeds: list[int],
                  "their test figures are optimistic even over fresh seeds.")
     return shown.to_markdown(index=False) + "\n\n" + note + "\n"
 
-
-def _pm(mean: float, std: float) -> str:
-    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
 def _delta(row) -> str:
