@@ -143,6 +143,8 @@ SWEEP = {
     "teacher_cache": {"enabled": True, "epochs": 1},
     "search": {"num_samples": 2, "seed": 0, "space": {"loss.tau": {"loguniform": [0.05, 0.5]}}},
     "scheduler": {"type": "none"},
+    # then the winner and KD over two fresh seeds: a second Tune run whose state is in the bucket too
+    "confirm": {"top_k": 1, "seeds": [1, 2], "control": "kd", "arms": {"kd": {"loss.name": "kd"}}},
     # CPU trials that claim a fractional GPU and the 1-GPU node type, like search_spaces/cifar.yaml's
     "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0.5, "custom_resources": {"gpu1": 0.5},
                   "max_failures": 2, "max_concurrent_trials": 2},
@@ -196,8 +198,10 @@ def test_a_sweep_on_s3_and_an_mlflow_server_survives_a_lost_node_and_resumes_on_
         client = MlflowClient(tracking)
         experiment = client.get_experiment_by_name("remote")
         trials = client.search_runs([experiment.experiment_id], filter_string="tags.`bickd.kind` = 'trial'")
-        assert len(trials) == 2 and {t.info.status for t in trials} == {"FINISHED"}
+        assert len(trials) == 2 + 4 and {t.info.status for t in trials} == {"FINISHED"}
+        assert sorted(t.data.tags["stage"] for t in trials) == ["confirm"] * 4 + ["search"] * 2
         assert any(int(t.data.tags.get("restarts", 0)) >= 1 for t in trials), "no trial was restarted"
+        assert "confirmation over fresh seeds: 4 of 4 trials completed" in out, out[-5000:]
         for run in trials:
             steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
             assert steps == [1, 2, 3, 4], steps
@@ -211,9 +215,10 @@ def test_a_sweep_on_s3_and_an_mlflow_server_survives_a_lost_node_and_resumes_on_
         # study, the tables and the report.
         keys = bucket_keys(endpoint, "bickd", "experiments/remote/")
         for expected in ("experiment.yaml", "teacher/resnet8.pt", "teacher/progress.pt", "optuna.db", "trials.csv",
-                         "report/report.md"):
+                         "report/report.md", "confirm.json", "confirm_trials.csv", "results/confirmation.md"):
             assert f"experiments/remote/{expected}" in keys, expected
         assert any(k.endswith("tuner.pkl") for k in keys) and any("experiment_state" in k for k in keys)
+        assert any(k.startswith("experiments/remote/confirm/experiment_state") for k in keys)
         assert any(k.startswith("experiments/remote/teacher_cache/") and k.endswith("manifest.json") for k in keys)
         assert os.listdir(node_cache / "teacher_cache")  # trials fetched the verified cache to their node
 
@@ -235,6 +240,8 @@ def test_a_sweep_on_s3_and_an_mlflow_server_survives_a_lost_node_and_resumes_on_
         assert resumed.returncode == 0, resumed.stdout[-5000:] + resumed.stderr[-3000:]
         assert "finished remote: 2 of 2 trials completed" in resumed.stdout
         assert "chosen trial" in resumed.stdout and "training teacher" not in resumed.stdout
+        assert "confirmation over fresh seeds: 4 of 4 trials completed" in resumed.stdout
         assert (head / "remote" / "report" / "report.md").exists()
+        assert "## Confirmation over fresh seeds" in (head / "remote" / "report" / "report.md").read_text()
         again = client.search_runs([experiment.experiment_id], filter_string="tags.`bickd.kind` = 'trial'")
         assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in trials)
