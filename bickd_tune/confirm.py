@@ -69,7 +69,8 @@ def choose(experiment: ExperimentConfig, base: TrainConfig, results) -> ConfirmP
     for _, value, point, _ in searched:
         value_of.setdefault(setting_key(base, point), value)
 
-    fixed = {setting_key(base, overrides): name for name, overrides in confirm.arms.items()}
+    fixed_arms = experiment.confirm_arms
+    fixed = {setting_key(base, overrides): name for name, overrides in fixed_arms.items()}
     arms: dict[str, dict[str, Any]] = {}
     labels: dict[str, str] = {}
     search_values: dict[str, float] = {}
@@ -92,10 +93,10 @@ def choose(experiment: ExperimentConfig, base: TrainConfig, results) -> ConfirmP
             search_values[f"top{rank}"] = value
         if rank == confirm.top_k:
             break
-    for name, overrides in confirm.arms.items():
+    for name, overrides in fixed_arms.items():
         arms[name] = dict(overrides)
         described = (", ".join(f"{k}={short(v)}" for k, v in overrides.items()) if overrides
-                     else "the YAML's own setting")
+                     else "the YAML's own setting" + ("" if name in confirm.arms else " (the method's default, added)"))
         labels[name] = f"{described}; = {labels[name]}" if name in labels else described
         key = setting_key(base, overrides)
         if key in value_of:

@@ -144,7 +144,8 @@ class ConfirmConfig(StrictModel):
                              "the search trained with")
     arms: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"defaults": {}}, description="settings trained beside the winners: name -> "
-        "overrides of the base config ({} is the YAML's own setting, the method's default)")
+        "overrides of the base config ({} is the YAML's own setting, the method's default, which is added as "
+        "`defaults` when no arm trains it)")
     control: str = Field(description="the arm every other setting is compared with, e.g. KD at its defaults")
     alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the verdicts, after Holm's correction")
 
@@ -279,6 +280,18 @@ class ExperimentConfig(TrainConfig):
         if param.int is not None:
             return list(range(param.int[0], param.int[1] + 1))
         return [self.seed]  # a continuous seed is refused when trials are validated
+
+    @property
+    def confirm_arms(self) -> dict[str, dict[str, Any]]:
+        """The fixed settings a confirmation trains: `confirm.arms`, plus the method's default (the YAML's own
+        setting, as `defaults`) when no arm trains it already."""
+        if self.confirm is None:
+            return {}
+        arms = dict(self.confirm.arms)
+        own = self.base_train_config().with_overrides({}).train_dict()
+        if all(self.base_train_config().with_overrides(o).train_dict() != own for o in arms.values()):
+            arms["defaults" if "defaults" not in arms else "yaml_default"] = {}
+        return arms
 
     @property
     def chooses_on_test(self) -> bool:

@@ -71,9 +71,10 @@ def plan_lines(experiment: ExperimentConfig, paths: ExperimentPaths) -> list[str
             trials += f"; first {len(search.points_to_evaluate)} point(s) given"
         if experiment.confirm is not None:
             confirm = experiment.confirm
-            trials += (f"\nconfirm      then the top {confirm.top_k} distinct settings + {', '.join(confirm.arms)}, "
+            arms = experiment.confirm_arms
+            trials += (f"\nconfirm      then the top {confirm.top_k} distinct settings + {', '.join(arms)}, "
                        f"each over seeds {confirm.seeds} at the full recipe (up to "
-                       f"{(confirm.top_k + len(confirm.arms)) * len(confirm.seeds)} trials), compared with "
+                       f"{(confirm.top_k + len(arms)) * len(confirm.seeds)} trials), compared with "
                        f"{confirm.control} (Welch, Holm-corrected)")
     else:
         ablation = experiment.ablation

@@ -61,6 +61,19 @@ def test_table_compares_each_setting_with_the_control_and_corrects_for_the_compa
     assert table.loc["top1", "val_mean"] == pytest.approx(76.0)
 
 
+def test_the_methods_default_is_always_confirmed_and_never_twice(write_experiment):
+    from bickd_tune.experiment import load_experiment
+
+    search = {"num_samples": 2, "space": {"loss.tau": {"loguniform": [0.05, 0.5]}}}
+    only_kd = load_experiment(write_experiment(search=search, confirm={"seeds": [1, 2], "control": "kd",
+                                                                       "arms": {"kd": {"loss.name": "kd"}}}))
+    assert only_kd.confirm_arms == {"kd": {"loss.name": "kd"}, "defaults": {}}
+    # an arm that spells out the YAML's own values is the default already
+    spelled = load_experiment(write_experiment(search=search, confirm={
+        "seeds": [1, 2], "control": "kd", "arms": {"kd": {"loss.name": "kd"}, "own": {"loss.tau": 0.1}}}))
+    assert spelled.loss.tau == 0.1 and list(spelled.confirm_arms) == ["kd", "own"]
+
+
 @pytest.mark.ray
 @pytest.mark.timeout(480)
 def test_search_then_confirmation_killed_midway_and_resumed(write_experiment, tmp_path):
