@@ -7,10 +7,11 @@ recipe. The validation column is what a search would have chosen on.
 from __future__ import annotations
 
 import math
-import os
 
 import pandas as pd
 from scipy import stats
+
+from bickd_tune.tables import mean_std, save_table
 
 COLUMNS = ["arm", "seeds", "val_mean", "val_std", "test_mean", "test_std",
            "delta_vs_reference", "p_vs_reference", "delta_vs_control", "p_vs_control"]
@@ -29,7 +30,8 @@ def ablation_table(rows: pd.DataFrame, reference: str, control: str | None) -> p
                "test_mean": group.test_top1.mean(), "test_std": group.test_top1.std(ddof=1)}
         for role, other in (("reference", reference), ("control", control)):
             baseline = rows[rows.arm == other].test_top1 if other is not None else pd.Series(dtype=float)
-            row[f"delta_vs_{role}"] = group.test_top1.mean() - baseline.mean() if len(baseline) else math.nan
+            compared = len(baseline) and arm != other  # an arm against itself is no comparison
+            row[f"delta_vs_{role}"] = group.test_top1.mean() - baseline.mean() if compared else math.nan
             row[f"p_vs_{role}"] = _welch_p(group.test_top1, baseline) if arm != other else math.nan
         table.append(row)
     return pd.DataFrame(table, columns=COLUMNS)
@@ -59,10 +61,6 @@ def to_markdown(table: pd.DataFrame, reference: str, control: str | None, choose
     return shown.to_markdown(index=False) + "\n\n" + note + "\n"
 
 
-def mean_std(mean: float, std: float) -> str:
-    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
-
-
 def _delta(delta: float, p: float) -> str:
     if math.isnan(delta):
         return "—"
@@ -75,13 +73,5 @@ def _delta(delta: float, p: float) -> str:
 def write_table(rows: pd.DataFrame, folder: str, reference: str, control: str | None,
                 chooses_on_test: bool = False) -> dict[str, str]:
     """Writes ablation.md, ablation.csv, ablation.parquet (and the per-trial rows) into `folder`."""
-    os.makedirs(folder, exist_ok=True)
     table = ablation_table(rows, reference, control)
-    paths = {name: os.path.join(folder, name) for name in
-             ("ablation.md", "ablation.csv", "ablation.parquet", "ablation_trials.csv")}
-    with open(paths["ablation.md"], "w", encoding="utf-8") as handle:
-        handle.write(to_markdown(table, reference, control, chooses_on_test))
-    table.to_csv(paths["ablation.csv"], index=False)
-    table.to_parquet(paths["ablation.parquet"], index=False)
-    rows.to_csv(paths["ablation_trials.csv"], index=False)
-    return paths
+    return save_table(folder, "ablation", table, to_markdown(table, reference, control, chooses_on_test), rows)

@@ -20,9 +20,9 @@ import pandas as pd
 from scipy import stats
 
 from bickd.config import TrainConfig
-from bickd_tune.ablation import mean_std
 from bickd_tune.experiment import ExperimentConfig
 from bickd_tune.results import column, short
+from bickd_tune.tables import mean_std, save_table
 
 PLAN_FILE = "confirm.json"  # in the experiment's storage: a resumed run confirms the same settings
 
@@ -202,7 +202,6 @@ def to_markdown(table: pd.DataFrame, plan: ConfirmPlan, search_seeds: list[int],
     return shown.to_markdown(index=False) + "\n\n" + note + "\n"
 
 
-
 def _delta(row) -> str:
     if math.isnan(row.delta):
         return "–"
@@ -220,13 +219,5 @@ def final_rows(runs_or_rows: pd.DataFrame) -> pd.DataFrame:
 def write_tables(rows: pd.DataFrame, plan: ConfirmPlan, folder: str, search_seeds: list[int],
                  chooses_on_test: bool) -> dict[str, str]:
     """confirmation.md / .csv / .parquet and the per-trial rows, into `folder`."""
-    os.makedirs(folder, exist_ok=True)
     table = confirmation_table(final_rows(rows), plan)
-    paths = {name: os.path.join(folder, name) for name in
-             ("confirmation.md", "confirmation.csv", "confirmation.parquet", "confirmation_trials.csv")}
-    with open(paths["confirmation.md"], "w", encoding="utf-8") as handle:
-        handle.write(to_markdown(table, plan, search_seeds, chooses_on_test))
-    table.to_csv(paths["confirmation.csv"], index=False)
-    table.to_parquet(paths["confirmation.parquet"], index=False)
-    rows.to_csv(paths["confirmation_trials.csv"], index=False)
-    return paths
+    return save_table(folder, "confirmation", table, to_markdown(table, plan, search_seeds, chooses_on_test), rows)

@@ -1,6 +1,7 @@
 """`python -m platform.tune` end to end on a real local Ray instance, real Optuna and a real MLflow store."""
 from __future__ import annotations
 
+import math
 import os
 
 import optuna
@@ -157,6 +158,7 @@ def test_ablation_produces_the_table(ray_local, write_experiment, tmp_path):
         assert row.test_mean == pytest.approx(sum(by_arm[row.arm]) / 2, abs=1e-9)
     full, kd = table.set_index("arm").loc["full"], table.set_index("arm").loc["kd_only"]
     assert full.delta_vs_control == pytest.approx(full.test_mean - kd.test_mean)
+    assert math.isnan(full.delta_vs_reference) and math.isnan(kd.delta_vs_control)  # no arm against itself
     markdown = (experiment_dir / "results" / "ablation.md").read_text()
     assert "kd_only" in markdown and "±" in markdown
 
