@@ -143,8 +143,8 @@ SWEEP = {
     "teacher_cache": {"enabled": True, "epochs": 1},
     "search": {"num_samples": 2, "seed": 0, "space": {"loss.tau": {"loguniform": [0.05, 0.5]}}},
     "scheduler": {"type": "none"},
-    # then the winner and KD over two fresh seeds: a second Tune run whose state is in the bucket too
-    "confirm": {"top_k": 1, "seeds": [1, 2], "control": "kd", "arms": {"kd": {"loss.name": "kd"}}},
+    # then the winner against the default over two fresh seeds: a second Tune run whose state is in the bucket too
+    "confirm": {"top_k": 1, "seeds": [1, 2], "control": "defaults"},
     # CPU trials that claim a fractional GPU and the 1-GPU node type, like search_spaces/cifar.yaml's
     "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0.5, "custom_resources": {"gpu1": 0.5},
                   "max_failures": 2, "max_concurrent_trials": 2},
