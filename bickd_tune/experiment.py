@@ -287,9 +287,10 @@ class ExperimentConfig(TrainConfig):
         setting, as `defaults`) when no arm trains it already."""
         if self.confirm is None:
             return {}
-        arms = dict(self.confirm.arms)
-        own = self.base_train_config().with_overrides({}).train_dict()
-        if all(self.base_train_config().with_overrides(o).train_dict() != own for o in arms.values()):
+        from bickd_tune.confirm import setting_key  # (confirm.py imports this module)
+
+        base, arms = self.base_train_config(), dict(self.confirm.arms)
+        if setting_key(base, {}) not in {setting_key(base, overrides) for overrides in arms.values()}:
             arms["defaults" if "defaults" not in arms else "yaml_default"] = {}
         return arms
 
