@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from bickd.config_io import taken_by_others
 from bickd.losses import LOSSES, LossParams
 from bickd.names import one_of
 from bickd.schema import StrictModel
@@ -143,7 +144,9 @@ class TrainConfig(StrictModel):
             except ValidationError as err:
                 first = err.errors(include_url=False)[0]
                 where = ".".join(map(str, first["loc"]))
-                detail = (f"unknown key '{where}'; {name} takes: {', '.join(n for n in LOSSES[name].Params.model_fields if n != 'name')}"
+                takes = ", ".join(n for n in LOSSES[name].Params.model_fields if n != "name")
+                hint = taken_by_others(where, name, {other: cls.Params for other, cls in LOSSES.items()})
+                detail = (f"unknown key '{where}'{hint}; {name} takes: {takes}"
                           if first["type"] == "extra_forbidden" else f"{first['msg']} (got {first.get('input')!r})")
                 raise ValueError(f"{name}.{where}: {detail}" if first["type"] != "extra_forbidden"
                                  else f"{name}: {detail}") from None

@@ -75,7 +75,9 @@ def _describe_one(error: dict[str, Any], model: type[BaseModel]) -> str:
         parent, key = ".".join(map(str, loc[:-1])) or "top level", str(loc[-1])
         parent += f" ({tags[-1]})" if tags else ""  # e.g. "loss (kd)": which loss refused the key
         allowed = sorted(_fields_at(model, error["loc"][:-1]))
-        return f"{parent}: unknown key '{key}'{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}"
+        # A key of another member of the union (another loss's parameter) is spelled right: say who takes it.
+        hint = taken_by_others(key, tags[-1], _union_members(model, error["loc"][:-1])) if tags else ""
+        return f"{parent}: unknown key '{key}'{hint or did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}"
     if kind == "missing":
         return f"{field}: required field is missing"
     message = error["msg"]
@@ -83,6 +85,31 @@ def _describe_one(error: dict[str, Any], model: type[BaseModel]) -> str:
         message = message[len("Value error, "):]
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     return f"{field or 'top level'}: {message}{shown}"
+
+
+def taken_by_others(key: str, refused_by: str, members: dict[str, type[BaseModel]]) -> str:
+    """": <what> applies to a, b; <refused_by> does not take it" when other members of a tagged union (other
+    losses) have the field `key`, else "". <what> is the field's title, e.g. "logit standardization"."""
+    takers = [tag for tag, member in members.items() if key in member.model_fields]
+    if not takers:
+        return ""
+    what = members[takers[0]].model_fields[key].title or f"'{key}'"
+    return f": {what} applies to {', '.join(takers)}; {refused_by} does not take it"
+
+
+def _union_members(model: type[BaseModel], loc: tuple) -> dict[str, type[BaseModel]]:
+    """Tag -> member of the tagged union whose member `loc` ends in (e.g. every loss for `loss.dist`)."""
+    current: Any = model
+    union = None
+    for part in loc:
+        fields = _model_fields(current)
+        if fields is not None and part in fields:
+            current, union = _field_type(current, part), None
+        else:
+            union, current = current, _tagged(current, part)
+    if not isinstance(union, tuple):
+        return {}
+    return {typing.get_args(member.model_fields["name"].annotation)[0]: member for member in union}
 
 
 def _public_loc(loc: tuple, model: type[BaseModel]) -> tuple[tuple, list]:

@@ -96,14 +96,15 @@ def test_losses_section_sets_the_parameters_of_a_switched_to_loss(tmp_path):
 
 @pytest.mark.parametrize("sections, overrides, message", [
     ({"search": {"num_samples": 1}}, {"loss.name": "kd", "loss.tau": 0.5},
-     "loss (kd): unknown key 'tau'; allowed: T, name, w_ce, w_kl"),
+     "loss (kd): unknown key 'tau': 'tau' applies to bickd, dist; kd does not take it; allowed: T, name, standardize, "
+     "w_ce, w_kl"),
     ({"search": {"num_samples": 2, "space": {"loss.name": {"choice": ["kd", "bickd"]},
                                              "loss.tau": {"uniform": [0.05, 0.2]}}}}, {},
      "loss kd (a choice of loss.name) has no parameter 'tau'; sample it only for the losses that have one: "
      "when: {loss.name: [bickd]}"),
     ({"search": {"num_samples": 1}, "losses": {"bickd": {"tau": 0.3}}}, {}, "losses.bickd: bickd is this config's loss"),
     ({"search": {"num_samples": 1}, "losses": {"dist": {"tau": -1}}}, {}, "dist.tau: Input should be greater than 0"),
-    ({"search": {"num_samples": 1}, "losses": {"dist": {"T": 4}}}, {}, "unknown key 'T'; dist takes: tau, w_ce"),
+    ({"search": {"num_samples": 1}, "losses": {"dist": {"T": 4}}}, {}, "unknown key 'T': 'T' applies to kd, bickd, dkd; dist does not take it; dist takes: tau, w_ce"),
     ({"search": {"num_samples": 1}, "losses": {"dkdd": {}}}, {}, "unknown loss 'dkdd' (did you mean 'dkd'?)"),
     ({"search": {"num_samples": 2, "space": {"loss.name": {"choice": ["bickd", "dkd"]}}},
       "recipe": {"epochs": 30, "schedule": "cosine"}, "scheduler": {"type": "asha", "grace_period": 5}}, {},

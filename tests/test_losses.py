@@ -275,7 +275,10 @@ CASES = {
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("params", [{"name": "bickd"}, {"name": "bickd", "sim": "dot", "symmetric": True,
                                                         "row_positives": "label", "contrast": "negative_only"},
-                                    {"name": "kd"}, {"name": "dkd"}, {"name": "dist"}])
+                                    {"name": "kd"}, {"name": "dkd"}, {"name": "dist"},
+                                    # logit standardization: a row of equal logits has std 0 (the epsilon's case)
+                                    {"name": "kd", "standardize": True}, {"name": "dkd", "standardize": True},
+                                    {"name": "bickd", "standardize": True, "standardize_bc": True}])
 def test_finite_loss_and_gradients(case, dtype, params):
     zs, zt, y = CASES[case]
     student = zs.detach().clone().to(dtype).requires_grad_(True)

@@ -9,6 +9,8 @@ parameter. On Qs = softmax(Zs/Tb) and Qt = softmax(Zt/Tb) (B x C):
 InfoNCE = alignment (-S_pos) + orthogonality * repulsion (logsumexp over candidates); `contrast` keeps
 both parts, only alignment, or only repulsion (decoupled: the positive left out of the denominator).
 Total = w_ce*CE + w_kl*KL + w_bc * ramp(epoch) * (w_row*L_row + w_col*L_col).
+Logit standardization (Sun et al. 2024) has two switches, so an ablation can tell which part it helps:
+`standardize` for the KL's logits (as in their KD), `standardize_bc` for the logits of Qs and Qt.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pydantic import Field
 
 from bickd.losses.base import DistillationLoss, Parts, linear_ramp
 from bickd.losses.kd import kl_at_temperature
+from bickd.losses.standardization import standardize_field, standardized
 from bickd.schema import StrictModel
 
 _EPS = 1e-12  # floor of a vector norm: a class column with no mass in the batch has norm ~0
@@ -41,6 +44,8 @@ class BicKDParams(StrictModel):
     symmetric: bool = Field(False, description="also the teacher-anchored direction, averaged")
     contrast: Literal["full", "positive_only", "negative_only"] = Field("full", description="InfoNCE parts kept")
     warmup_epochs: float = Field(20, ge=0, description="linear ramp of the bilateral term (0 = none)")
+    standardize: bool = standardize_field("the KL part's logits")
+    standardize_bc: bool = standardize_field("the bilateral term's logits (before Qs, Qt)")
 
 
 def similarity(a: torch.Tensor, b: torch.Tensor, kind: str, tau: float) -> torch.Tensor:
@@ -109,10 +114,11 @@ class BicKDLoss(DistillationLoss):
                 epoch: float) -> tuple[torch.Tensor, Parts]:
         p = self.params
         ce = F.cross_entropy(zs, labels)
-        kl = kl_at_temperature(zs, zt, p.T)
+        kl = kl_at_temperature(*standardized(zs, zt, p.standardize), p.T)
         total = p.w_ce * ce + p.w_kl * kl  # with w_bc = 0 exactly KDLoss's arithmetic
         tb = p.Tb if p.Tb is not None else p.T
-        qs, qt = F.softmax(zs / tb, dim=1), F.softmax(zt / tb, dim=1)
+        bs, bt = standardized(zs, zt, p.standardize_bc)
+        qs, qt = F.softmax(bs / tb, dim=1), F.softmax(bt / tb, dim=1)
         zero = zs.new_zeros(())
         # A switched-off side is not computed (and reported as 0): it costs nothing in the KD control arm.
         row = self.row_loss(qs, qt, labels) if p.w_bc > 0 and p.w_row > 0 else zero

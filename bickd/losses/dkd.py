@@ -1,5 +1,9 @@
 """DKD (Zhao et al., CVPR 2022): KD decoupled into target-class (TCKD) and non-target-class (NCKD) parts,
-as in mdistiller: total = w_ce*CE + ramp(epoch) * (alpha*TCKD + beta*NCKD)."""
+as in mdistiller: total = w_ce*CE + ramp(epoch) * (alpha*TCKD + beta*NCKD).
+
+`standardize` (logit standardization, Sun et al. 2024) z-scores both logit matrices per sample before the
+target / non-target split, as the authors' `dkd_loss` does; CE stays on the raw logits, T^2 stays.
+"""
 from __future__ import annotations
 
 from typing import Literal
@@ -9,6 +13,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from bickd.losses.base import DistillationLoss, Parts
+from bickd.losses.standardization import standardize_field, standardized
 from bickd.schema import StrictModel
 
 _MASKED = -1e9  # finite, so 0 * (masked - masked) stays 0 instead of NaN
@@ -21,6 +26,8 @@ class DKDParams(StrictModel):
     alpha: float = Field(1.0, ge=0, description="TCKD weight")
     beta: float = Field(8.0, ge=0, description="NCKD weight (8 for resnet32x4 -> resnet8x4)")
     warmup_epochs: float = Field(20, ge=0, description="linear ramp of the KD part (0 = none)")
+    standardize: bool = standardize_field("both parts' logits (LS README, resnet32x4 -> resnet8x4: T 2, alpha and "
+                                          "beta times 9)")
 
 
 def _binary_log_probs(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -53,6 +60,7 @@ class DKDLoss(DistillationLoss):
         if zs.shape[1] < 2:
             raise ValueError("DKD needs at least 2 classes")
         ce = F.cross_entropy(zs, labels)
+        zs, zt = standardized(zs, zt, p.standardize)
         zs, zt = zs / p.T, zt / p.T
         # TCKD: KL of the binary (target, rest) distributions.
         tckd = _kl(_binary_log_probs(zt, labels), _binary_log_probs(zs, labels)) * p.T ** 2
