@@ -1,6 +1,8 @@
-"""Hinton KD: cross-entropy plus KL between temperature-softened teacher and student probabilities;
+"""Hinton KD: cross-entropy plus KL between temperature-softened teacher and student probabilities.
+
 `standardize` z-scores both logit matrices per sample before the KL (logit standardization, Sun et al. 2024),
-as in the authors' `kd_loss`: the cross-entropy stays on the raw logits and the T^2 factor stays."""
+as in the authors' `kd_loss`: the cross-entropy stays on the raw logits and the T^2 factor stays.
+"""
 from __future__ import annotations
 
 from typing import Literal
