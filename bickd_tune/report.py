@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 from bickd.config_io import ConfigError, read_yaml, validate  # noqa: E402
 from bickd_tune.ablation import ablation_table, to_markdown  # noqa: E402
 from bickd_tune.experiment import ExperimentConfig  # noqa: E402
-from bickd_tune.published import PAPER_CLAIM_OVER_KD, published_row  # noqa: E402
+from bickd_tune.published import PAPER_CLAIMS_OVER_KD, RECIPES, anchors, method_of, published_row  # noqa: E402
 from bickd_tune.paths import ExperimentPaths  # noqa: E402
 from bickd_tune.tracking import TAG_KIND, Tracker, stage_of  # noqa: E402
 
@@ -152,17 +152,18 @@ def _save(figure, path: str) -> str:
 
 def comparison_section(experiment: ExperimentConfig, runs: pd.DataFrame) -> str:
     """Like with like: our KD against published KD, our BicKD-over-KD gain against the paper's claimed gain,
-    each with how it was obtained."""
+    each with how it was obtained; then every published method of the pair, with its source, beside the
+    ablation arm that trains it here."""
+    data, student = experiment.data.name, experiment.student.model
     teacher = experiment.teacher.model if experiment.teacher is not None else None
-    row = published_row(experiment.data.name, teacher, experiment.student.model)
+    row = published_row(data, teacher, student)
     if row is None:
-        return (f"Published CIFAR-100 numbers are not comparable with this experiment ({experiment.data.name}, "
-                f"{teacher} → {experiment.student.model}): they exist only for the standard CIFAR-100 pairs and "
-                "recipe.\n")
-    low, high = PAPER_CLAIM_OVER_KD
-    lines = [f"Published ({teacher} → {experiment.student.model}, 240-epoch recipe, best-epoch test top-1, "
-             f"i.e. chosen on test): teacher {row['teacher']}, student {row['student']}, KD {row['KD']}; the "
-             f"BicKD paper claims +{low:g} to +{high:g} points over KD.", ""]
+        return (f"Published numbers are not comparable with this experiment ({data}, {teacher} → {student}): they "
+                "exist only for the standard CIFAR-100 and ImageNet pairs and recipes.\n")
+    low, high = PAPER_CLAIMS_OVER_KD[data]
+    lines = [f"Published ({teacher} → {student}, {RECIPES[data]}): teacher {row['teacher']:.2f}, student "
+             f"{row['student']:.2f}, KD {row['KD']:.2f}; the BicKD paper claims +{low:g} to +{high:g} points over "
+             "KD.", ""]
     done = runs.dropna(subset=["test_top1"])
     if experiment.ablation is not None:
         control, reference = experiment.ablation.control, experiment.ablation.reference
@@ -182,7 +183,31 @@ def comparison_section(experiment: ExperimentConfig, runs: pd.DataFrame) -> str:
             {"": "published KD", "test top-1 (%)": f"{row['KD']:.2f}"},
             {"": "BicKD claim (KD + claimed gain)", "test top-1 (%)": f"{row['KD'] + low:.2f}–{row['KD'] + high:.2f}"},
             {"": "this experiment", "test top-1 (%)": chosen}])
-    return "\n".join(lines) + table.to_markdown(index=False) + "\n"
+    return "\n".join(lines) + table.to_markdown(index=False) + "\n\n" + _published_methods(experiment, done)
+
+
+def _published_methods(experiment: ExperimentConfig, done: pd.DataFrame) -> str:
+    """Each published method of the pair with its source (footnoted), and this experiment's final test top-1
+    of the ablation arms whose loss is that method (kd, kd + standardize, dkd, ...)."""
+    teacher = experiment.teacher.model if experiment.teacher is not None else None
+    published = anchors(experiment.data.name, teacher, experiment.student.model)
+    ours: dict[str, list[str]] = {}
+    if experiment.ablation is not None:
+        base = experiment.base_train_config()
+        for arm, overrides in experiment.ablation.arms.items():
+            method, values = method_of(base.with_overrides(overrides).loss), done[done.arm == arm].test_top1
+            if method is not None and len(values):
+                ours.setdefault(method, []).append(f"{_pm(values)} ({arm}, {len(values)} seeds)")
+    sources = list(dict.fromkeys(anchor.source for anchor in published))
+    rows = [{"method": anchor.method, "published top-1 (%)": f"{anchor.top1:.2f}",
+             "source": f"[{sources.index(anchor.source) + 1}]",
+             **({"this experiment (final test)": "; ".join(ours.get(anchor.method, [])) or "–"} if ours else {})}
+            for anchor in published]
+    notes = [f"[{i}] {source.label}: {source.where}" + (f"; {source.note}" if source.note else "")
+             for i, source in enumerate(sources, 1)]
+    mlkd = "; MLKD is not implemented in this project" if any("MLKD" in a.method for a in published) else ""
+    return (f"Published methods on this pair, as their sources report them (not retrained here{mlkd}):\n\n"
+            + pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) + "\n\n" + "\n".join(notes) + "\n")
 
 
 def confirmation_section(experiment: ExperimentConfig, experiment_dir: str, runs: pd.DataFrame) -> list[str]:

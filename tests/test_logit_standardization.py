@@ -73,7 +73,8 @@ def logits(seed=0, batch=16, classes=10, dtype=torch.float64):
     """Student (requires grad), teacher and labels; each row with its own scale and offset."""
     generator = torch.Generator().manual_seed(seed)
     scale = torch.rand(batch, 1, generator=generator, dtype=dtype) * 4 + 0.5
-    zs = torch.randn(batch, classes, generator=generator, dtype=dtype) * scale + torch.randn(batch, 1, generator=generator, dtype=dtype)
+    offset = torch.randn(batch, 1, generator=generator, dtype=dtype)
+    zs = torch.randn(batch, classes, generator=generator, dtype=dtype) * scale + offset
     zt = torch.randn(batch, classes, generator=generator, dtype=dtype) * 3
     y = torch.randint(0, classes, (batch,), generator=generator)
     return zs.requires_grad_(True), zt, y
