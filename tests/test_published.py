@@ -2,6 +2,8 @@
 comparison shows them (with this experiment's matching arms) only for a matching pair."""
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import pytest
 
@@ -106,3 +108,19 @@ def test_a_pair_without_published_numbers_shows_no_anchor():
                                  _runs({"kd": [60.0], "bickd": [61.0]}))
     assert "not comparable" in section
     assert not any(f"| {method} " in section for method in METHODS)
+
+
+def test_method_md_shows_the_figures_the_code_holds():
+    """docs/method.md's table of published numbers must not drift from bickd_tune/published.py."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "method.md")
+    with open(path, encoding="utf-8") as handle:
+        rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in handle
+                if line.startswith("| ") and " → " in line and not line.startswith("| teacher → student")]
+    shown = {}
+    for cells in rows:
+        imagenet = cells[0].startswith("ImageNet ")
+        data, pair = ("imagenet", cells[0].removeprefix("ImageNet ")) if imagenet else ("cifar100", cells[0])
+        teacher, student = pair.split(" → ")
+        shown[(data, teacher, student)] = tuple(None if c == "–" else float(c.split(" ")[0]) for c in cells[1:])
+    held = {(data, *pair): row for data, table in TABLES.items() for pair, row in table.items()}
+    assert shown == held
