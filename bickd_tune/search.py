@@ -1,25 +1,34 @@
-"""The YAML search space as an Optuna define-by-run function, driven by Ray Tune's OptunaSearch.
+"""The YAML search space as an Optuna study, driven by Ray Tune through Tune's public `Searcher` interface and
+Optuna's public ask/tell API (no Ray or Optuna internals).
 
 Define-by-run expresses conditional parameters: a parameter with `when` is suggested only if the earlier
 parameters it names took one of the listed values; otherwise the base config's value stays.
 
-No configuration is trained twice: a proposal whose resolved trial config (every field, seed included)
-equals one already trained or running is told to Optuna with that trial's value (so the sampler learns it)
-and the sampler is asked again (`DistinctOptunaSearch`).
+The study means what Optuna means: each epoch's objective is the trial's intermediate value at that epoch; a
+trial the scheduler (ASHA) stopped before the end of its recipe is PRUNED with its last value, not COMPLETE, so
+optuna-dashboard, importances and slice plots never read a 3-epoch figure as a finished trial.
+
+No configuration is trained twice: a proposal whose resolved trial config (every field, seed included) equals
+one already trained or running is recorded as a PRUNED trial marked `repeat_of` (so the sampler learns the point
+is taken, while importances and plots count it once), and the sampler is asked again.
 """
 from __future__ import annotations
 
 import json
+import pickle
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
 from bickd.config import TrainConfig
 from bickd_tune.experiment import SearchConfig, SearchParam
 
 EXHAUSTED_ATTR = "exhausted_after"  # study user attribute: the space held no new configuration any more
+REPEAT_ATTR = "repeat_of"           # trial user attribute: the number of the trial that trained this point
+EPOCH = "epoch"                     # the step of an intermediate value: the epoch a result reports
+MAX_REPEATS_IN_A_ROW = 100          # proposals in a row that repeat a trained point before the space counts as used up
 
 SAMPLERS = {
     "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
@@ -49,103 +58,135 @@ def _suggest(trial: optuna.Trial, name: str, param: SearchParam) -> Any:
 
 
 class DefineByRun:
-    """`space(trial)`: only suggests values (OptunaSearch requires that it computes nothing else).
-
-    A class rather than a closure: Tune pickles the searcher into the experiment state for --resume.
-    """
+    """`space(trial)` -> the sampled point (dotted config paths). A class rather than a closure: Tune pickles
+    the searcher into the experiment state for --resume."""
 
     def __init__(self, search: SearchConfig):
         self.search = search
 
-    def __call__(self, trial: optuna.Trial) -> None:
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         chosen: dict[str, Any] = {}
         for name, param in self.search.space.items():
             if _condition_holds(param, chosen):
                 chosen[name] = _suggest(trial, name, param)
+        return chosen
 
 
-class ResumableOptunaSearch(OptunaSearch):
-    """OptunaSearch that survives `--resume` from a snapshot older than its study.
-
-    The study (SQLite) is written the moment a trial ends; Tune pickles the searcher into its experiment
-    state only every so often. After a hard kill in between, the resumed experiment re-runs that trial from
-    its last checkpoint and reports to an Optuna trial the study has already finished: Optuna raises
-    UpdateFinishedTrialError and the whole sweep stopped. The study's first record is kept instead.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._finished_in_study: set[str] = set()
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._finished_in_study:
-            return
-        try:
-            super().on_trial_result(trial_id, result)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            self._finished_in_study.add(trial_id)
-            self._completed_trials.add(trial_id)
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id not in self._finished_in_study:
-            super().on_trial_complete(trial_id, result, error)
+def config_key(config: TrainConfig) -> str:
+    """The identity of the trial a config trains: the whole resolved TrainConfig as JSON."""
+    return json.dumps(config.train_dict(), sort_keys=True)
 
 
-class TrialKey:
-    """A sampled point -> the identity of the trial it trains: its whole resolved TrainConfig as JSON."""
+class StudySearcher(Searcher):
+    """Hands Tune configurations from an Optuna study and tells the study how each trial ended.
 
-    def __init__(self, base: TrainConfig):
-        self.base = base
-
-    def __call__(self, point: dict[str, Any]) -> str:
-        return json.dumps(self.base.with_overrides(point).train_dict(), sort_keys=True)
-
-
-class DistinctOptunaSearch(ResumableOptunaSearch):
-    """Hands Tune only configurations not yet trained or running in this experiment.
-
+    Trials end COMPLETE (ran the whole recipe), PRUNED (stopped early by the scheduler, or a repeat) or FAIL.
     A repeat (TPE keeps proposing the parameter-free options of a categorical, e.g. `loss.name: ce`) costs no
-    training: its Optuna trial is told the first trial's value (now, or when that trial ends), marked
-    `repeat_of` with the first trial's number, and the sampler is asked again. After `max_repeats` repeats in
-    a row the space is taken as exhausted: the search ends with the trials it has, and the study says so.
+    training: it is recorded as soon as the first trial of its point has ended, and the sampler is asked again.
+    After MAX_REPEATS_IN_A_ROW repeats in a row the space is taken as exhausted: the search ends with the trials
+    it has, and the study says so.
+
+    Tune pickles the searcher into its experiment state for `--resume` (save/restore below). The study (SQLite)
+    is written the moment a trial ends, the pickle only every so often: after a hard kill in between, a resumed
+    trial may report to an Optuna trial the study has already finished; the study's first record is kept.
     """
 
-    def __init__(self, *args: Any, trial_key: TrialKey, max_repeats: int = 100, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._trial_key, self._max_repeats = trial_key, max_repeats
+    def __init__(self, search: SearchConfig, storage_url: str, study_name: str, base: TrainConfig,
+                 max_t: int | None = None, max_repeats: int = MAX_REPEATS_IN_A_ROW):
+        super().__init__(metric=search.metric, mode=search.goal)
+        self._space, self._base, self._max_t, self._max_repeats = DefineByRun(search), base, max_t, max_repeats
+        self._study = optuna.create_study(
+            storage=optuna.storages.RDBStorage(storage_url), study_name=study_name, load_if_exists=True,
+            sampler=SAMPLERS[search.sampler](search.seed), direction="maximize" if search.goal == "max" else "minimize")
+        if not self._study.get_trials(deepcopy=False):  # a new study: the given points come first
+            for point in search.points_to_evaluate:
+                self._study.enqueue_trial(dict(point))
+        self._trials: dict[str, optuna.Trial] = {}             # Tune trial id -> its Optuna trial
+        self._full_epochs: dict[str, int] = {}                 # Tune trial id -> epochs of its whole recipe
+        self._reported: dict[str, dict[int, float]] = {}       # Tune trial id -> epoch -> objective
         self._trained: dict[str, str] = {}                     # config key -> Tune trial that trains it
-        self._outcomes: dict[str, tuple[Any, float | None]] = {}  # Tune trial id -> (state, value) once ended
-        self._waiting: dict[str, list[optuna.Trial]] = {}     # Tune trial id -> repeats told when it ends
+        self._outcomes: dict[str, tuple[TrialState, dict[int, float]]] = {}  # Tune trial id -> how it ended
+        self._waiting: dict[str, list[optuna.Trial]] = {}      # Tune trial id -> repeats recorded when it ends
+        self._ended: set[str] = set()
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
+        return True  # the space, metric and mode are the YAML's, given above
 
     def suggest(self, trial_id: str) -> dict | str | None:
         for _ in range(self._max_repeats):
-            config = super().suggest(trial_id)
-            key = self._trial_key(config)
-            first = self._trained.setdefault(key, trial_id)
+            trial = self._study.ask()
+            config = self._space(trial)
+            resolved = self._base.with_overrides(config)
+            first = self._trained.setdefault(config_key(resolved), trial_id)
             if first == trial_id:
+                self._trials[trial_id], self._reported[trial_id] = trial, {}
+                self._full_epochs[trial_id] = min(resolved.recipe.epochs, self._max_t or resolved.recipe.epochs)
                 return config
-            repeat = self._ot_trials.pop(trial_id)
-            repeat.set_user_attr("repeat_of", self._ot_trials[first].number)
+            trial.set_user_attr(REPEAT_ATTR, self._trials[first].number)
             if first in self._outcomes:
-                self._tell(repeat, *self._outcomes[first])
+                self._record_repeat(trial, *self._outcomes[first])
             else:
-                self._waiting.setdefault(first, []).append(repeat)
-        self._ot_study.set_user_attr(EXHAUSTED_ATTR, len(self._trained))
-        print(f"[search] {self._max_repeats} proposals in a row repeated configurations already trained: the space "
-              f"holds no new one, so the search ends after {len(self._trained)} distinct trials", flush=True)
+                self._waiting.setdefault(first, []).append(trial)
+        self._study.set_user_attr(EXHAUSTED_ATTR, len(self._trained))
+        print(f"[search] {self._max_repeats} proposals in a row repeated configurations already trained: the "
+              f"space holds no new one, so the search ends after {len(self._trained)} distinct trials", flush=True)
         return Searcher.FINISHED
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        super().on_trial_complete(trial_id, result, error)
-        value = (result or {}).get(self.metric)
-        state = (optuna.trial.TrialState.COMPLETE if value is not None else
-                 optuna.trial.TrialState.FAIL if error else optuna.trial.TrialState.PRUNED)
-        self._outcomes[trial_id] = (state, value)
-        for repeat in self._waiting.pop(trial_id, []):
-            self._tell(repeat, state, value)
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._trials and trial_id not in self._ended:
+            self._report(trial_id, result)
 
-    def _tell(self, trial: optuna.Trial, state, value: float | None) -> None:
-        self._ot_study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+    def _report(self, trial_id: str, result: dict) -> None:
+        """The result's objective as the Optuna trial's intermediate value at its epoch (once per epoch)."""
+        value, step = result.get(self.metric), int(result.get(EPOCH, result.get("training_iteration", 0)))
+        if value is None or step in self._reported[trial_id]:
+            return
+        self._reported[trial_id][step] = float(value)
+        try:
+            self._trials[trial_id].report(float(value), step=step)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._ended.add(trial_id)  # finished in the study before a hard kill: its first record stays
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        trial = self._trials.get(trial_id)
+        if trial is None or trial_id in self._ended:
+            return
+        result = result or {}
+        self._report(trial_id, result)  # Tune hands a trial's last result (or the one it was stopped at) only here
+        if trial_id in self._ended:
+            return
+        self._ended.add(trial_id)
+        value = result.get(self.metric)
+        if error or value is None:
+            state = TrialState.FAIL if error else TrialState.PRUNED
+        else:
+            full = result.get(EPOCH, 0) >= self._full_epochs[trial_id]
+            state = TrialState.COMPLETE if full else TrialState.PRUNED
+        self._tell(trial, state, value)
+        self._outcomes[trial_id] = (state, self._reported.pop(trial_id, {}))
+        for repeat in self._waiting.pop(trial_id, []):
+            self._record_repeat(repeat, *self._outcomes[trial_id])
+
+    def _record_repeat(self, repeat: optuna.Trial, state: TrialState, intermediate: dict[int, float]) -> None:
+        """A repeat carries its first trial's values but counts as no second observation: PRUNED (FAIL if the
+        first trial failed)."""
+        for step, value in sorted(intermediate.items()):
+            repeat.report(value, step=step)
+        self._tell(repeat, TrialState.FAIL if state == TrialState.FAIL else TrialState.PRUNED, None)
+
+    def _tell(self, trial: optuna.Trial, state: TrialState, value: float | None) -> None:
+        try:
+            self._study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # finished in the study before a hard kill: its first record stays
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self.__dict__, handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as handle:
+            self.__dict__.update(pickle.load(handle))
 
 
 ORPHANS_ATTR = "orphaned_trials"  # study user attribute: numbers of trials retired after a hard kill
@@ -168,15 +209,7 @@ def exhausted(storage_url: str, study_name: str) -> bool:
     return EXHAUSTED_ATTR in optuna.load_study(study_name=study_name, storage=storage_url).user_attrs
 
 
-def build_searcher(search: SearchConfig, storage_url: str, study_name: str, base: TrainConfig) -> OptunaSearch:
-    """Optuna search whose study lives in an RDB (SQLite) file, inspectable after the run."""
-    return DistinctOptunaSearch(
-        trial_key=TrialKey(base),
-        space=DefineByRun(search),
-        metric=search.metric,
-        mode=search.goal,
-        points_to_evaluate=[dict(point) for point in search.points_to_evaluate] or None,
-        sampler=SAMPLERS[search.sampler](search.seed),
-        study_name=study_name,
-        storage=optuna.storages.RDBStorage(storage_url),
-    )
+def build_searcher(search: SearchConfig, storage_url: str, study_name: str, base: TrainConfig,
+                   max_t: int | None = None) -> StudySearcher:
+    """The experiment's searcher; its study lives in an RDB (SQLite) file, inspectable after the run."""
+    return StudySearcher(search, storage_url, study_name, base, max_t)
