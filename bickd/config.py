@@ -24,6 +24,8 @@ class DataConfig(StrictModel):
     download: bool = Field(False, description="let torchvision download CIFAR-100 into root")
     image_size: int | None = Field(None, gt=0, description="resize side for the offline sets (8..64)")
     seed: int = Field(0, ge=0, description="seed of the splits (validation included) / generation of offline sets")
+    split_seed: int | None = Field(None, ge=0, description="seed of the validation split alone (default: seed); "
+                                   "an ablation or confirmation with per_seed: [split] sets it to each trial's seed")
     val_fraction: float | None = Field(
         None, ge=0, lt=1, description="share of the training data held out for validation, which searches and "
         "schedulers choose on (default: the data set's own, e.g. 0.1 for cifar100). 0: no validation split, "

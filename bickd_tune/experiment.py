@@ -4,6 +4,7 @@ track the trials. Validated completely before anything starts; errors name the f
 from __future__ import annotations
 
 import builtins
+import json
 import os
 import re
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from bickd.config_io import ConfigError, describe, read_yaml, validate
 from bickd.losses import LOSSES
 from bickd.names import did_you_mean
 from bickd.schema import StrictModel
+from bickd_tune.statistics import pair_key, parse_comparison
 from bickd_tune.storage import REMOTE_SCHEMES
 
 Scalar = int | float | str | bool | None
@@ -116,7 +118,39 @@ class SchedulerConfig(StrictModel):
     max_t: int | None = Field(None, ge=1, description="epochs of the longest trial (default: recipe.epochs)")
 
 
-class AblationConfig(StrictModel):
+# What a seed can draw afresh besides initialisation and data order (which every seed draws).
+SEED_DRAWS = {
+    "views": "the augmented views (with a teacher-logit cache: one cache per seed; without: live augmentation)",
+    "split": "the validation split (data.split_seed = the seed; the test split is never touched)",
+}
+
+
+def drawn_per_seed(base: TrainConfig, per_seed: list[str]) -> list[str]:
+    """What each seed draws beyond initialisation and order: `per_seed`, and always the views without a logit
+    cache (live augmentation follows the run's seed)."""
+    return [d for d in SEED_DRAWS if d in per_seed or (d == "views" and not base.teacher_cache.enabled)]
+
+
+class SeededRuns(StrictModel):
+    """What the ablation and the confirmation share: seeds, what each seed draws, and whether a seed another
+    experiment already trained with the same draws may be used again."""
+    per_seed: list[Literal["views", "split"]] = Field(
+        default_factory=list, description="what each seed draws afresh besides initialisation and data order: "
+        + "; ".join(f"{k}: {v}" for k, v in SEED_DRAWS.items()) + ". Empty: every seed trains on the same views "
+        "and split, so only initialisation and order vary")
+    allow_shared_seeds: bool = Field(
+        False, description="allow a seed that another experiment in the same storage trained with the same data, "
+        "split, views and teacher (its runs are then not independent of that experiment's; the table says so)")
+
+    @field_validator("per_seed")
+    @classmethod
+    def _once_each(cls, draws: list[str]) -> list[str]:
+        if len(set(draws)) != len(draws):
+            raise ValueError(f"per_seed {draws} names a draw twice")
+        return draws
+
+
+class AblationConfig(SeededRuns):
     arms: dict[str, dict[str, Any]] = Field(description="arm name -> overrides of the base config")
     seeds: list[int] = Field(min_length=1, description="every arm runs once per seed")
     reference: str = Field("full", description="the arm the others are compared with")
@@ -135,9 +169,10 @@ class AblationConfig(StrictModel):
         return self
 
 
-class ConfirmConfig(StrictModel):
+class ConfirmConfig(SeededRuns):
     """After a search: its best settings, the control and the method's default, each over fresh seeds at the
-    full recipe (no early stopping), compared with the control (Welch t-tests, Holm-corrected)."""
+    full recipe (no early stopping), compared with the control and the winners with the reference (paired
+    t-tests on the shared seeds, Holm-corrected within their family)."""
     top_k: int = Field(2, ge=1, description="how many of the search's best distinct settings (by its objective) "
                        "to confirm")
     seeds: list[int] = Field(min_length=2, description="fresh seeds every setting trains with; none may be a seed "
@@ -147,19 +182,46 @@ class ConfirmConfig(StrictModel):
         "overrides of the base config ({} is the YAML's own setting, the method's default, which is added as "
         "`defaults` when no arm trains it)")
     control: str = Field(description="the arm every other setting is compared with, e.g. KD at its defaults")
-    alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the verdicts, after Holm's correction")
+    reference: str | None = Field(
+        None, description="the arm each of the search's winners is also compared with (default: the one that "
+        "trains the YAML's own setting, the method's default): is the searched setting better than the default?")
 
     @model_validator(mode="after")
     def _arms_named(self) -> ConfirmConfig:
-        if self.control not in self.arms:
-            raise ValueError(f"control '{self.control}' is not an arm{did_you_mean(self.control, self.arms)}; "
-                             f"arms: {', '.join(self.arms) or 'none'}")
+        for role in ("control", "reference"):
+            name = getattr(self, role)
+            if name is not None and name not in self.arms:
+                raise ValueError(f"{role} '{name}' is not an arm{did_you_mean(name, self.arms)}; "
+                                 f"arms: {', '.join(self.arms) or 'none'}")
         reserved = [name for name in self.arms if re.fullmatch(r"top\d+", name)]
         if reserved:
             raise ValueError(f"arms {reserved}: names top1, top2, ... are the search's winners; rename them")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds {self.seeds} repeat a seed")
         return self
+
+
+class AnalysisConfig(StrictModel):
+    """How the ablation and confirmation tables compare arms (bickd_tune/statistics.py)."""
+    primary: list[str] = Field(
+        default_factory=list, description="comparisons declared before any trial runs, each '<arm> vs <arm>' "
+        "and one the table makes (an arm against the reference or the control; a winner against the reference); "
+        "Holm-corrected among themselves, every other comparison as a separate exploratory family. Empty: one "
+        "family of every comparison shown")
+    alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the verdicts, on Holm-adjusted p")
+    power: float = Field(0.8, gt=0, lt=1, description="the power at which each comparison's detectable effect "
+                         "and the seeds an observed effect needs are stated")
+    effect_of_interest: float = Field(
+        1.0, gt=0, description="points of top-1 below which a difference would not matter: \"no difference\" is "
+        "only said when the test could have detected this much; otherwise the comparison is inconclusive")
+
+    @field_validator("primary")
+    @classmethod
+    def _comparisons(cls, primary: list[str]) -> list[str]:
+        pairs = [pair_key(*parse_comparison(text)) for text in primary]
+        if len(set(pairs)) != len(pairs):
+            raise ValueError(f"primary {primary} declares a comparison twice")
+        return primary
 
 
 class ResourcesConfig(StrictModel):
@@ -210,6 +272,8 @@ class ExperimentConfig(TrainConfig):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="early stopping of a search")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="what a trial asks Ray for")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="where MLflow runs go")
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig, description="the statistics of the "
+                                     "ablation and confirmation tables: declared family, level, power")
 
     @field_validator("name")
     @classmethod
@@ -247,6 +311,34 @@ class ExperimentConfig(TrainConfig):
             raise ValueError("storage_path is remote: set tracking.tracking_uri to an MLflow server "
                              "(e.g. http://127.0.0.1:5000 on the head node)")
         return self
+
+    @property
+    def table_comparisons(self) -> set[frozenset[str]]:
+        """The comparisons the experiment's table makes (each a pair of arm names)."""
+        made: set[frozenset[str]] = set()
+        if self.ablation is not None:
+            a = self.ablation
+            for arm in a.arms:
+                made |= {pair_key(arm, other) for other in (a.reference, a.control) if other not in (None, arm)}
+        if self.confirm is not None:
+            c = self.confirm
+            winners = [f"top{rank}" for rank in range(1, c.top_k + 1)]
+            reference = self.confirm_reference
+            made |= {pair_key(arm, c.control) for arm in [*winners, *self.confirm_arms] if arm != c.control}
+            if reference is not None:
+                made |= {pair_key(winner, reference) for winner in winners}
+        return made
+
+    @property
+    def confirm_reference(self) -> str | None:
+        """The arm the search's winners are compared with: confirm.reference, else the method's default."""
+        if self.confirm is None:
+            return None
+        if self.confirm.reference is not None:
+            return self.confirm.reference
+        base = self.base_train_config()
+        return next((name for name, overrides in self.confirm_arms.items()
+                     if setting_key(base, overrides) == setting_key(base, {})), None)
 
     @property
     def is_remote(self) -> bool:
@@ -287,8 +379,6 @@ class ExperimentConfig(TrainConfig):
         setting, as `defaults`) when no arm trains it already."""
         if self.confirm is None:
             return {}
-        from bickd_tune.confirm import setting_key  # (confirm.py imports this module)
-
         base, arms = self.base_train_config(), dict(self.confirm.arms)
         if setting_key(base, {}) not in {setting_key(base, overrides) for overrides in arms.values()}:
             arms["defaults" if "defaults" not in arms else "yaml_default"] = {}
@@ -304,6 +394,11 @@ class ExperimentConfig(TrainConfig):
         return TrainConfig.model_validate(self.train_dict())
 
 
+def setting_key(base: TrainConfig, overrides: dict[str, Any]) -> str:
+    """What a setting trains, seed left out: two settings with the same key are one setting."""
+    return json.dumps(base.with_overrides({**overrides, "seed": base.seed}).train_dict(), sort_keys=True)
+
+
 def load_experiment(path: str, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Reads and validates an experiment YAML; `overrides` are dotted paths (CLI flags)."""
     tree = read_yaml(path)
@@ -315,6 +410,7 @@ def load_experiment(path: str, overrides: dict[str, Any] | None = None) -> Exper
     trials = _check_trials_are_valid(experiment, path)
     _check_losses_of_the_search(experiment, path)
     _check_grace_period_covers_warmups(experiment, trials, path)
+    _check_primary_comparisons(experiment, path)
     return experiment
 
 
@@ -402,3 +498,21 @@ def _check_grace_period_covers_warmups(experiment: ExperimentConfig, trials: lis
                 f"{source}: scheduler.grace_period {grace} is shorter than the warm-up of loss {trial.loss.name} "
                 f"({where}: warmup_epochs {warmup:g}): ASHA would stop those trials before their loss is fully on; "
                 f"set scheduler.grace_period >= {warmup:g} or a shorter warm-up")
+
+
+def _check_primary_comparisons(experiment: ExperimentConfig, source: str) -> None:
+    """Each declared comparison names two arms that the experiment's table compares with each other."""
+    made = experiment.table_comparisons
+    if experiment.analysis.primary and not made:
+        raise ConfigError(f"{source}: analysis.primary: this experiment compares nothing (a search without a "
+                          "confirm: section); declare primary comparisons for an ablation or a confirmation")
+    names = sorted({name for pair in made for name in pair})
+    for text in experiment.analysis.primary:
+        arm, other = parse_comparison(text)
+        for name in (arm, other):
+            if name not in names:
+                raise ConfigError(f"{source}: analysis.primary '{text}': '{name}' is not an arm of this experiment"
+                                  f"{did_you_mean(name, names)}; arms: {', '.join(names)}")
+        if pair_key(arm, other) not in made:
+            raise ConfigError(f"{source}: analysis.primary '{text}': the table does not compare these two; it "
+                              "compares " + ", ".join(sorted(" vs ".join(sorted(pair)) for pair in made)))

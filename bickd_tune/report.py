@@ -24,6 +24,7 @@ import pandas as pd  # noqa: E402
 
 from bickd.config_io import ConfigError, read_yaml, validate  # noqa: E402
 from bickd_tune.ablation import ablation_table, to_markdown  # noqa: E402
+from bickd_tune.draws import shared_draws  # noqa: E402
 from bickd_tune.experiment import ExperimentConfig  # noqa: E402
 from bickd_tune.published import PAPER_CLAIMS_OVER_KD, RECIPES, anchors, method_of, published_row  # noqa: E402
 from bickd_tune.paths import ExperimentPaths  # noqa: E402
@@ -210,7 +211,8 @@ def _published_methods(experiment: ExperimentConfig, done: pd.DataFrame) -> str:
             + pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) + "\n\n" + "\n".join(notes) + "\n")
 
 
-def confirmation_section(experiment: ExperimentConfig, experiment_dir: str, runs: pd.DataFrame) -> list[str]:
+def confirmation_section(experiment: ExperimentConfig, experiment_dir: str, runs: pd.DataFrame,
+                         shared_with: list[str] | None = None) -> list[str]:
     """The claim the experiment ends with: the search's winners over fresh seeds against the control."""
     from bickd_tune.confirm import PLAN_FILE, ConfirmPlan, confirmation_table, final_rows
     from bickd_tune.confirm import to_markdown as confirmation_markdown
@@ -224,8 +226,8 @@ def confirmation_section(experiment: ExperimentConfig, experiment_dir: str, runs
     if not len(done):
         return ["", "## Confirmation over fresh seeds", "", "No confirmation trial has finished yet."]
     return ["", "## Confirmation over fresh seeds", "",
-            confirmation_markdown(confirmation_table(done, plan), plan, experiment.search_seeds,
-                                  experiment.chooses_on_test)]
+            confirmation_markdown(confirmation_table(done, plan, experiment.analysis), plan, experiment.analysis,
+                                  experiment.search_seeds, experiment.chooses_on_test, shared_with)]
 
 
 def _pm(values: pd.Series) -> str:
@@ -282,19 +284,17 @@ def write_experiment_report(target: str, tracking_uri: str | None = None, quiet:
     if experiment.ablation is not None and len(runs.dropna(subset=["test_top1"])):
         ablation = experiment.ablation
         rows = runs.dropna(subset=["test_top1"])[["arm", "seed", "val_top1", "test_top1"]]
-        table = ablation_table(rows, ablation.reference, ablation.control)
-        order = [arm for arm in ablation.arms if arm in set(table.arm)]  # the YAML's order
-        table = table.set_index("arm").loc[order].reset_index()
+        table = ablation_table(rows, ablation, experiment.analysis)
         lines += ["", "## Ablation", "",
-                  to_markdown(table, ablation.reference, ablation.control, experiment.chooses_on_test)]
-        images.append(plot_ablation(table, os.path.join(folder, "ablation.png")))
+                  to_markdown(table, experiment, shared_draws(paths, "ablation"))]
+        images.append(plot_ablation(table.arms, os.path.join(folder, "ablation.png")))
     if experiment.search is not None:
         images += optuna_plots(f"sqlite:///{os.path.join(experiment_dir, 'optuna.db')}", experiment.name, folder)
     curves = plot_curves(tracker, runs, experiment, os.path.join(folder, "curves.png")) if len(runs) else None
     images += [curves] if curves else []
     lines += ["", "## Published numbers", "", comparison_section(experiment, runs)]
     lines += ["", "## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in images]
-    lines += confirmation_section(experiment, experiment_dir, confirm_runs)
+    lines += confirmation_section(experiment, experiment_dir, confirm_runs, shared_draws(paths, "confirm"))
     report_path = os.path.join(folder, "report.md")
     with open(report_path, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")

@@ -1,6 +1,7 @@
 """Runs a validated experiment, step by step: checks, Ray, the teacher, the trials, the results."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from typing import Any
@@ -8,7 +9,7 @@ from typing import Any
 import yaml
 
 from bickd.config_io import ConfigError
-from bickd_tune import preflight
+from bickd_tune import draws, preflight
 from bickd_tune.experiment import ExperimentConfig
 from bickd_tune.paths import ExperimentPaths
 from bickd_tune.results import short
@@ -28,6 +29,10 @@ def run_experiment(experiment: ExperimentConfig, paths: ExperimentPaths, address
     preflight.check_tracking(paths.tracking_uri)
     num_classes = preflight.check_data(experiment)
     preflight.check_teacher_checkpoint(experiment, num_classes)
+    if resume:
+        _check_primary_unchanged(experiment, paths)
+    teacher_ids = draws.teacher_ids(experiment, _given_teacher_weights(experiment, num_classes))
+    shared = draws.check_independent(experiment, paths, teacher_ids)
     from bickd_tune.ray_env import cluster_resources, init_ray, stop_leftovers_of, local_temp_dir
     if address is None:
         stop_leftovers_of(paths)  # the Ray processes of a driver of this experiment that was killed
@@ -40,15 +45,37 @@ def run_experiment(experiment: ExperimentConfig, paths: ExperimentPaths, address
     created = not os.path.exists(paths.local_dir)
     os.makedirs(paths.local_dir, exist_ok=True)
     try:
-        return _run(experiment, paths, num_classes, resume, write_report, joined=address is not None)
+        return _run(experiment, paths, num_classes, resume, write_report, joined=address is not None,
+                    teacher_ids=teacher_ids, shared=shared)
     except BaseException:
         if created and not storage_has_state(paths):
             shutil.rmtree(paths.local_dir, ignore_errors=True)  # nothing half-written from a failed start
         raise
 
 
+def _given_teacher_weights(experiment: ExperimentConfig, num_classes: int):
+    """The weights of a teacher given as a checkpoint (checked by the preflight), else None."""
+    if experiment.teacher is None or experiment.teacher.checkpoint is None:
+        return None
+    from bickd_tune.teacher import load_teacher_state
+    return load_teacher_state(experiment.teacher.model, num_classes, experiment.teacher.checkpoint)
+
+
+def _check_primary_unchanged(experiment: ExperimentConfig, paths: ExperimentPaths) -> None:
+    """Primary comparisons are declared before any trial runs: a resume may not change them."""
+    storage = paths.storage()
+    if not storage.exists("experiment.yaml"):
+        return
+    saved = (yaml.safe_load(storage.read_bytes("experiment.yaml")) or {}).get("analysis") or {}
+    before = saved.get("primary", [])
+    if before != experiment.analysis.primary:
+        raise ConfigError(f"analysis.primary: {experiment.analysis.primary} differs from {before}, declared when "
+                          "this experiment started; primary comparisons are fixed before any trial runs (put new "
+                          "questions in a new experiment, or restore the declared list)")
+
+
 def _run(experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int, resume: bool,
-         write_report: bool, joined: bool) -> int:
+         write_report: bool, joined: bool, teacher_ids: list[str], shared: dict[str, list[str]]) -> int:
     from bickd_tune.teacher import TeacherStage
 
     config_text = yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False).encode()
@@ -56,6 +83,7 @@ def _run(experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int,
     if paths.remote:  # the report reads it from the driver's working folder too
         with open(os.path.join(paths.local_dir, "experiment.yaml"), "wb") as handle:
             handle.write(config_text)
+    draws.write_record(experiment, paths, teacher_ids, shared)
     # The teacher's Ray task starts first and runs while the driver imports MLflow and opens its store.
     teacher = TeacherStage(experiment, paths, num_classes)
 
@@ -67,6 +95,7 @@ def _run(experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int,
                                 {"mode": experiment.mode, "experiment": experiment.name})
     try:
         teacher_state = teacher.finish(tracker, parent)
+        draws.write_record(experiment, paths, draws.teacher_ids(experiment, teacher_state), shared)
         from bickd_tune.teacher import prepare_teacher_cache
         base = prepare_teacher_cache(experiment, experiment.base_train_config(), teacher_state, paths)
         stages = _Stages(experiment, paths, tracker, parent, base, teacher_state, joined, resume)
@@ -113,7 +142,7 @@ class _Stages:
         from bickd_tune import tuner
         from bickd_tune.confirm import saved_plan
 
-        stage = tuner.main_stage(self.experiment, self.paths)
+        stage = self._drawing_per_seed(tuner.main_stage(self.experiment, self.paths), self.experiment.ablation)
         if self.experiment.confirm is not None and saved_plan(self.paths) is not None:
             return tuner.finished_results(stage, self._function(stage))
         tuner.restore_working_files(self.paths)
@@ -133,13 +162,30 @@ class _Stages:
         plan = confirm.load_or_choose(self.experiment, self.paths, self.base, search_results)
         print(f"[confirm] {len(plan.arms)} settings x {len(plan.seeds)} fresh seeds = {plan.trials} trials at the "
               f"full recipe, each compared with {plan.control}: {', '.join(plan.arms)}", flush=True)
-        stage = tuner.confirm_stage(self.experiment, self.paths, plan)
+        stage = self._drawing_per_seed(tuner.confirm_stage(self.experiment, self.paths, plan),
+                                       self.experiment.confirm)
         results = self._fit(stage)
         if results is None:
             return None
         if self.resume:
             self._retire_orphans(stage, results)
         return plan, results
+
+    def _drawing_per_seed(self, stage, section):
+        """The stage with each seed's overrides: what it draws afresh (`per_seed`), and that seed's logit cache."""
+        if stage.seeds is None:
+            return stage
+        from bickd_tune.teacher import prepare_teacher_caches
+        per_seed = list(section.per_seed) if section is not None else []
+        configs = {seed: self.base.with_overrides(draws.seed_overrides(self.base, seed, per_seed))
+                   for seed in stage.seeds}
+        cached = dict(zip(configs, prepare_teacher_caches(self.experiment, list(configs.values()),
+                                                          self.teacher_state, self.paths)))
+        overrides = {seed: {**draws.seed_overrides(self.base, seed, per_seed),
+                            **({"teacher_cache.path": cached[seed].teacher_cache.path}
+                               if cached[seed].teacher_cache.enabled else {})}
+                     for seed in stage.seeds}
+        return dataclasses.replace(stage, seed_overrides=overrides)
 
     def _function(self, stage):
         from bickd_tune import tuner
@@ -171,7 +217,7 @@ def _describer(base, stage):
 
     def describe(point: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """A trial's run name and its params: the whole resolved config."""
-        config = trial_config(base, point, stage.arms)
+        config = trial_config(base, point, stage.arms, stage.seed_overrides)
         name = (f"{point['arm']}-seed{point['seed']}" if stage.arms is not None else
                 ", ".join(f"{k.split('.')[-1]}={short(v)}" for k, v in point.items()) or "defaults")
         if stage.name == "confirm":
@@ -199,8 +245,8 @@ def _summarise(experiment: ExperimentConfig, paths: ExperimentPaths, results, tr
     ablation_markdown = None
     ok = rows[rows.error == ""] if len(rows) else rows
     if experiment.ablation is not None and len(ok):
-        written = write_table(ok.dropna(subset=["test_top1"]), os.path.join(paths.local_dir, "results"),
-                              experiment.ablation.reference, experiment.ablation.control, experiment.chooses_on_test)
+        written = write_table(ok.dropna(subset=["test_top1"]), os.path.join(paths.local_dir, "results"), experiment,
+                              draws.shared_draws(paths, "ablation"))
         for path in written.values():
             tracker.log_artifact(parent, path, "ablation")
         with open(written["ablation.md"], encoding="utf-8") as handle:
@@ -226,8 +272,9 @@ def _confirmation_lines(experiment: ExperimentConfig, paths: ExperimentPaths, tr
     lines = [f"confirmation over fresh seeds: {len(ok)} of {len(rows)} trials completed"
              + (f", {failed} failed" if failed else "")]
     if len(ok.dropna(subset=["test_top1"])):
-        written = confirm.write_tables(ok, plan, os.path.join(paths.local_dir, "results"), experiment.search_seeds,
-                                       experiment.chooses_on_test)
+        written = confirm.write_tables(ok, plan, experiment.analysis, os.path.join(paths.local_dir, "results"),
+                                       experiment.search_seeds, experiment.chooses_on_test,
+                                       draws.shared_draws(paths, "confirm"))
         for path in written.values():
             tracker.log_artifact(parent, path, "confirmation")
         with open(written["confirmation.md"], encoding="utf-8") as handle:

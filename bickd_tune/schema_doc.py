@@ -84,15 +84,15 @@ def document() -> str:
     from bickd.config import DataConfig, RecipeConfig, RuntimeConfig, StudentConfig, TeacherCacheConfig, TeacherConfig, TrainConfig
     from bickd.data import DATASETS
     from bickd.losses import LOSSES
-    from bickd_tune.experiment import (AblationConfig, ConfirmConfig, ExperimentConfig, ResourcesConfig,
-                                       SchedulerConfig, SearchConfig, SearchParam, TrackingConfig)
+    from bickd_tune.experiment import (AblationConfig, AnalysisConfig, ConfirmConfig, ExperimentConfig,
+                                       ResourcesConfig, SchedulerConfig, SearchConfig, SearchParam, TrackingConfig)
 
     parts = [INTRO, "## Top level", table(ExperimentConfig)]
     sections = [("data", DataConfig), ("teacher", TeacherConfig), ("student", StudentConfig), ("recipe", RecipeConfig),
                 ("runtime", RuntimeConfig), ("teacher_cache", TeacherCacheConfig), ("search", SearchConfig),
                 ("search.space.<parameter>", SearchParam), ("confirm", ConfirmConfig),
                 ("ablation", AblationConfig), ("scheduler", SchedulerConfig),
-                ("resources", ResourcesConfig), ("tracking", TrackingConfig)]
+                ("resources", ResourcesConfig), ("tracking", TrackingConfig), ("analysis", AnalysisConfig)]
     for name, model in sections:
         parts += [f"## `{name}`", table(model, "")]
     parts.append("## `data.options`, per data set")

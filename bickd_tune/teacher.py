@@ -145,13 +145,26 @@ def prepare_teacher_cache(experiment: ExperimentConfig, base, state: dict[str, t
                           paths: ExperimentPaths):
     """Builds the experiment's teacher-logit cache once (if enabled) in its storage and points the trials'
     config at it; trials on other nodes fetch a verified copy (`trial.local_teacher_cache`)."""
-    if not base.teacher_cache.enabled or state is None:
-        return base
+    return prepare_teacher_caches(experiment, [base], state, paths)[0]
+
+
+def prepare_teacher_caches(experiment: ExperimentConfig, configs: list, state: dict[str, torch.Tensor] | None,
+                           paths: ExperimentPaths) -> list:
+    """`configs` each pointed at its teacher-logit cache (one per distinct views, data and teacher), the missing
+    ones built at once as Ray tasks; configs without a cache come back unchanged."""
+    if state is None:
+        return list(configs)
     from bickd.teacher_cache import MANIFEST, cache_key, cache_name
-    name = f"teacher_cache/{cache_name(cache_key(base, state))}"
     storage = paths.storage()
-    if not storage.exists(f"{name}/{MANIFEST}"):
-        print(f"[teacher] caching logits for {base.teacher_cache.epochs} augmented epochs", flush=True)
-        ray.get(_build_cache.options(**remote_options(experiment)).remote(base.model_dump(mode="json"), state,
-                                                                          storage, name))
-    return base.with_overrides({"teacher_cache.path": paths.in_storage(name)})
+    names = [f"teacher_cache/{cache_name(cache_key(c, state))}" if c.teacher_cache.enabled else None for c in configs]
+    missing = {name: config for name, config in zip(names, configs)
+               if name is not None and not storage.exists(f"{name}/{MANIFEST}")}
+    if missing:
+        print(f"[teacher] caching logits for {configs[0].teacher_cache.epochs} augmented epochs "
+              f"({len(missing)} view set{'s' if len(missing) > 1 else ''})", flush=True)
+        state_ref = ray.put(state)
+        ray.get([_build_cache.options(**remote_options(experiment)).remote(config.model_dump(mode="json"), state_ref,
+                                                                          storage, name)
+                 for name, config in missing.items()])
+    return [config if name is None else config.with_overrides({"teacher_cache.path": paths.in_storage(name)})
+            for name, config in zip(names, configs)]

@@ -22,15 +22,22 @@ from bickd_tune.storage import Storage, is_remote, join, without_query
 STATE_FILE = "state.pt"
 
 
-def trial_overrides(point: dict[str, Any], arms: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
-    """Search: the sampled dotted paths. Ablation: the arm's overrides plus the seed."""
+SeedOverrides = dict[int, dict[str, Any]]
+
+
+def trial_overrides(point: dict[str, Any], arms: dict[str, dict[str, Any]] | None,
+                    seed_overrides: SeedOverrides | None = None) -> dict[str, Any]:
+    """Search: the sampled dotted paths. A grid (ablation, confirmation): the arm's overrides plus the seed and
+    what that seed draws (its views' seed and logit cache, its split: `seed_overrides`)."""
     if arms is None:
         return dict(point)
-    return {**arms[point["arm"]], "seed": point["seed"]}
+    seed = point["seed"]
+    return {**arms[point["arm"]], **(seed_overrides or {}).get(seed, {}), "seed": seed}
 
 
-def trial_config(base: TrainConfig, point: dict[str, Any], arms: dict[str, dict[str, Any]] | None) -> TrainConfig:
-    return base.with_overrides(trial_overrides(point, arms))
+def trial_config(base: TrainConfig, point: dict[str, Any], arms: dict[str, dict[str, Any]] | None,
+                 seed_overrides: SeedOverrides | None = None) -> TrainConfig:
+    return base.with_overrides(trial_overrides(point, arms, seed_overrides))
 
 
 def local_teacher_cache(config: TrainConfig) -> TrainConfig:
@@ -66,13 +73,14 @@ def _load_state(checkpoint) -> dict[str, Any] | None:
 
 
 def run_trial(point: dict[str, Any], *, base: TrainConfig, arms: dict[str, dict[str, Any]] | None,
-              teacher_state: dict[str, torch.Tensor] | None, num_workers: int, worker_resources: dict[str, float],
+              seed_overrides: SeedOverrides | None, teacher_state: dict[str, torch.Tensor] | None,
+              num_workers: int, worker_resources: dict[str, float],
               storage_path: str, max_failures: int) -> None:
     """The Tune trainable (wrapped with `tune.with_parameters` by the driver). `worker_resources` is what
     the trial trains on: its own (num_workers 0) or each DDP worker's."""
     from ray import tune
 
-    config = local_teacher_cache(trial_config(base, point, arms))
+    config = local_teacher_cache(trial_config(base, point, arms, seed_overrides))
     if num_workers == 0:
         if config.runtime.threads is None:
             torch.set_num_threads(max(1, int(worker_resources["CPU"])))

@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from bickd.config_io import ConfigError, parse_overrides
-from bickd_tune.experiment import ExperimentConfig, load_experiment
+from bickd_tune.experiment import SEED_DRAWS, ExperimentConfig, drawn_per_seed, load_experiment
 from bickd_tune.paths import ExperimentPaths
 from bickd_tune.ray_env import use_loopback
 
@@ -61,6 +61,25 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def _seed_draws(experiment: ExperimentConfig, per_seed: list[str]) -> str:
+    """What each seed of an ablation or confirmation draws, and what all of them share."""
+    base = experiment.base_train_config()
+    drawn = ["initialisation", "data order", *(SEED_DRAWS[d].split(" (")[0] for d in drawn_per_seed(base, per_seed))]
+    shared = [name for draw, name in (("views", "the augmented views"), ("split", "the validation split"))
+              if draw not in drawn_per_seed(base, per_seed)]
+    return (f"each seed draws {', '.join(drawn)}" + (f"; every seed shares {' and '.join(shared)}" if shared else "")
+            + "; the teacher and the data are the same for all")
+
+
+def _statistics(experiment: ExperimentConfig) -> str:
+    analysis = experiment.analysis
+    family = (f"declared primary: {', '.join(analysis.primary)} (Holm among them; the rest exploratory)"
+              if analysis.primary else "no primary declared: Holm over every comparison shown")
+    return (f"paired t-tests where arms share seeds (Welch otherwise); {family}; α {analysis.alpha:g}; "
+            f"detectable effects at {analysis.power:.0%} power; \"no difference\" only below "
+            f"{analysis.effect_of_interest:g} points")
+
+
 def plan_lines(experiment: ExperimentConfig, paths: ExperimentPaths) -> list[str]:
     resources = experiment.resources
     if experiment.search is not None:
@@ -72,14 +91,17 @@ def plan_lines(experiment: ExperimentConfig, paths: ExperimentPaths) -> list[str
         if experiment.confirm is not None:
             confirm = experiment.confirm
             arms = experiment.confirm_arms
+            reference = experiment.confirm_reference
             trials += (f"\nconfirm      then the top {confirm.top_k} distinct settings + {', '.join(arms)}, "
                        f"each over seeds {confirm.seeds} at the full recipe (up to "
                        f"{(confirm.top_k + len(arms)) * len(confirm.seeds)} trials), compared with "
-                       f"{confirm.control} (Welch, Holm-corrected)")
+                       f"{confirm.control}" + (f", the winners also with {reference}" if reference else "")
+                       + f"\nseeds        {_seed_draws(experiment, confirm.per_seed)}")
     else:
         ablation = experiment.ablation
         trials = (f"ablation: {len(ablation.arms)} arms x {len(ablation.seeds)} seeds = "
-                  f"{len(ablation.arms) * len(ablation.seeds)} trials; arms: {', '.join(ablation.arms)}")
+                  f"{len(ablation.arms) * len(ablation.seeds)} trials; arms: {', '.join(ablation.arms)}"
+                  f"\nseeds        {_seed_draws(experiment, ablation.per_seed)}")
     scheduler = ("none" if experiment.scheduler.type == "none" or experiment.ablation is not None else
                  f"ASHA (grace {experiment.scheduler.grace_period}, max {experiment.max_epochs} epochs, "
                  f"reduction {experiment.scheduler.reduction_factor:g})")
@@ -102,6 +124,7 @@ def plan_lines(experiment: ExperimentConfig, paths: ExperimentPaths) -> list[str
         f"{experiment.recipe.epochs} epochs, batch {experiment.recipe.batch_size}",
         f"trials       {trials}",
         f"scheduler    {scheduler}",
+        *([f"statistics   {_statistics(experiment)}"] if experiment.table_comparisons else []),
         f"resources    per trial {resources.cpus_per_trial:g} CPU, {resources.gpus_per_trial:g} GPU, {placement}",
         f"results      {paths.experiment_uri}" + (f" (the driver works in {paths.local_dir})" if paths.remote else ""),
         f"mlflow       {paths.tracking_uri}",

@@ -28,6 +28,7 @@ class Stage:
     storage_path: str                        # Tune's storage_path and name: the stage's state lives in
     tune_name: str                           # <storage_path>/<tune_name>
     max_epochs: int                          # the longest trial (a shorter one was stopped early)
+    seed_overrides: dict[int, dict[str, Any]] | None = None  # a grid's seed -> what that seed's trials override
 
     @property
     def uri(self) -> str:
@@ -94,7 +95,8 @@ def trainable(experiment: ExperimentConfig, paths: ExperimentPaths, base: TrainC
 
     r = experiment.resources
     function = tune.with_parameters(
-        run_trial, base=base, arms=stage.arms, teacher_state=teacher_state, num_workers=r.num_workers,
+        run_trial, base=base, arms=stage.arms, seed_overrides=stage.seed_overrides, teacher_state=teacher_state,
+        num_workers=r.num_workers,
         worker_resources=worker_resources(experiment), storage_path=paths.storage_root, max_failures=r.max_failures)
     return tune.with_resources(function, trial_resources(experiment))
 
@@ -136,7 +138,8 @@ def new_tuner(experiment: ExperimentConfig, paths: ExperimentPaths, function, ca
 
     search_alg, scheduler, param_space, num_samples = None, None, {}, 1
     if stage.arms is None:
-        search_alg = build_searcher(experiment.search, paths.optuna_storage, experiment.name, base)
+        search_alg = build_searcher(experiment.search, paths.optuna_storage, experiment.name, base,
+                                    experiment.scheduler.max_t)
         num_samples = experiment.search.num_samples
         if experiment.scheduler.type == "asha":
             metric, mode = experiment.objective

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -20,7 +21,9 @@ import ray
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from bickd_tune.confirm import PLAN_FILE, ConfirmPlan, confirmation_table, holm
+from bickd_tune.confirm import PLAN_FILE, ConfirmPlan, comparison_pairs, confirmation_table
+from bickd_tune.experiment import AnalysisConfig
+from bickd_tune.statistics import PAIRED, holm
 from bickd_tune.processes import processes_under
 from bickd_tune.ray_env import local_temp_dir
 from bickd_tune.tracking import TAG_KIND
@@ -34,31 +37,36 @@ def _cli(*args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_holm_matches_the_step_down_definition():
-    # sorted p: 0.01, 0.03, 0.04 -> 3*0.01, max(0.03, 2*0.03), max(0.06, 1*0.04)
-    assert holm([0.04, 0.01, 0.03]) == pytest.approx([0.06, 0.03, 0.06])
-    assert holm([0.5, math.nan, 0.9]) == pytest.approx([1.0, math.nan, 1.0], nan_ok=True)  # capped at 1
+def _plan(*arms, reference=None, winners=(), aliases=None) -> ConfirmPlan:
+    return ConfirmPlan(arms={name: {} for name in arms}, seeds=[1, 2, 3], control="kd", labels={}, search_values={},
+                       metric="val/top1", reference=reference, winners=list(winners), aliases=aliases or {})
 
 
-def _plan(**arms) -> ConfirmPlan:
-    return ConfirmPlan(arms={name: {} for name in arms}, seeds=[1, 2, 3], control="kd", alpha=0.05,
-                       labels={}, search_values={}, metric="val/top1")
+def test_every_setting_meets_the_control_and_each_winner_the_default():
+    plan = _plan("top1", "top2", "defaults", "kd", reference="defaults", winners=["top1", "top2"])
+    assert comparison_pairs(plan) == [("top1", "kd"), ("top2", "kd"), ("defaults", "kd"), ("top1", "defaults"),
+                                      ("top2", "defaults")]
+    merged = _plan("top2", "defaults", "kd", reference="defaults", winners=["defaults", "top2"],
+                   aliases={"top1": "defaults"})  # the search's best was the default itself: no self-comparison
+    assert comparison_pairs(merged) == [("top2", "kd"), ("defaults", "kd"), ("top2", "defaults")]
 
 
-def test_table_compares_each_setting_with_the_control_and_corrects_for_the_comparisons():
-    test = {"kd": [70.0, 70.5, 69.5], "top1": [75.0, 75.5, 74.5], "top2": [70.2, 69.6, 70.9]}
+def test_the_table_pairs_the_shared_seeds_and_corrects_within_its_family():
+    test = {"kd": [70.0, 70.5, 69.5], "top1": [75.0, 75.5, 74.2], "defaults": [74.1, 75.0, 74.6],
+            "top2": [70.2, 69.6, 70.9]}
     rows = pd.DataFrame([{"arm": arm, "seed": seed, "val_top1": value + 1, "test_top1": value}
                          for arm, values in test.items() for seed, value in zip([1, 2, 3], values)])
-    table = confirmation_table(rows, _plan(top1=1, top2=1, kd=1)).set_index("arm")
-    raw = {arm: stats.ttest_ind(test[arm], test["kd"], equal_var=False).pvalue for arm in ("top1", "top2")}
-    assert table.loc["top1", "p"] == pytest.approx(raw["top1"]) and table.loc["top2", "p"] == pytest.approx(raw["top2"])
-    assert list(table.p_holm[["top1", "top2"]]) == pytest.approx(holm([raw["top1"], raw["top2"]]))
-    assert table.loc["top1", "delta"] == pytest.approx(5.0)
-    assert table.loc["top1", "ci_low"] < 5.0 < table.loc["top1", "ci_high"]
-    assert table.loc["top1", "verdict"] == "better than kd"
-    assert table.loc["top2", "verdict"] == "not distinguishable from kd at 3 seeds"
-    assert table.loc["kd", "verdict"] == "the control" and math.isnan(table.loc["kd", "p"])
-    assert table.loc["top1", "val_mean"] == pytest.approx(76.0)
+    plan = _plan("top1", "top2", "defaults", "kd", reference="defaults", winners=["top1", "top2"])
+    table = confirmation_table(rows, plan, AnalysisConfig(primary=["top1 vs kd"]))
+    by_name = {c.name: c for c in table.comparisons}
+    assert all(c.test == PAIRED for c in table.comparisons)
+    raw = {name: stats.ttest_rel(test[name.split(" vs ")[0]], test[name.split(" vs ")[1]]).pvalue for name in by_name}
+    assert {name: c.p for name, c in by_name.items()} == pytest.approx(raw)
+    assert by_name["top1 vs kd"].family == "primary" and by_name["top1 vs kd"].p_adjusted == pytest.approx(raw["top1 vs kd"])
+    exploratory = [n for n in by_name if n != "top1 vs kd"]
+    assert [by_name[n].p_adjusted for n in exploratory] == pytest.approx(holm([raw[n] for n in exploratory]))
+    assert by_name["top1 vs defaults"].delta == pytest.approx(np.mean(test["top1"]) - np.mean(test["defaults"]))
+    assert table.arms.set_index("arm").loc["top1", "val_mean"] == pytest.approx(np.mean(test["top1"]) + 1)
 
 
 def test_the_methods_default_is_always_confirmed_and_never_twice(write_experiment):
@@ -128,7 +136,7 @@ def test_search_then_confirmation_killed_midway_and_resumed(write_experiment, tm
     assert plan.labels["defaults"].startswith("the YAML's own setting; = search #")
     assert plan.search_values["defaults"] > 0 and plan.arms[winners[0]]["loss.tau"] != 0.1
 
-    # The study holds only the search's trials.
+    # The study holds only the search's trials (3 epochs each, no scheduler: both ran their whole recipe).
     study = optuna.load_study(study_name="confirmed", storage=f"sqlite:///{experiment_dir}/optuna.db")
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 2
 
@@ -146,16 +154,21 @@ def test_search_then_confirmation_killed_midway_and_resumed(write_experiment, tm
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == [1, 2, 3]
     assert {r.data.params["loss.name"] for r in confirmed if r.data.params["arm"] == "kd"} == {"kd"}
 
-    # The table: read back from MLflow's final figures, Holm over the comparisons with kd.
+    # The table: read back from MLflow's final figures; every setting against kd, the winner against the
+    # default, paired over the shared seeds, Holm over the comparisons shown (none was declared).
     table = pd.read_csv(os.path.join(experiment_dir, "results", "confirmation.csv")).set_index("arm")
     assert list(table.index) == list(plan.arms) and (table.seeds == 2).all()
     final = {(r.data.params["arm"], int(r.data.params["seed"])): r.data.metrics["final/test/top1"] for r in confirmed}
     for arm in plan.arms:
         assert table.loc[arm, "test_mean"] == pytest.approx((final[(arm, 1)] + final[(arm, 2)]) / 2)
-    others = [arm for arm in plan.arms if arm != "kd"]
-    assert list(table.p_holm[others]) == pytest.approx(holm(list(table.p[others])))
-    assert table.loc["kd", "verdict"] == "the control"
-    assert f"Holm-corrected over the {len(others)} comparisons with kd" in out
+    comparisons = pd.read_csv(os.path.join(experiment_dir, "results", "confirmation_comparisons.csv"))
+    assert sorted(comparisons.comparison) == sorted([f"{winners[0]} vs kd", "defaults vs kd",
+                                                     f"{winners[0]} vs defaults"])
+    assert set(comparisons.test.dropna()) == {PAIRED}
+    tested = comparisons.dropna(subset=["p"])
+    assert list(tested.p_adjusted) == pytest.approx(holm(list(tested.p)))
+    per_seed = pd.read_csv(os.path.join(experiment_dir, "results", "confirmation_per_seed.csv"))
+    assert len(per_seed) == len(confirmed)
     assert f"confirmation over fresh seeds: {len(confirmed)} of {len(confirmed)} trials completed" in out
     report = open(os.path.join(experiment_dir, "report", "report.md"), encoding="utf-8").read()
     assert report.index("## Confirmation over fresh seeds") > report.index("## Trials, best first")

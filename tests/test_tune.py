@@ -1,7 +1,6 @@
 """`python -m platform.tune` end to end on a real local Ray instance, real Optuna and a real MLflow store."""
 from __future__ import annotations
 
-import math
 import os
 
 import optuna
@@ -101,8 +100,16 @@ def test_search_with_asha_stops_some_trials_and_logs_everything(ray_local, write
     repeats = [t for t in study.trials if "repeat_of" in t.user_attrs]
     assert len(trained) == 6 and repeats
     assert sorted(t.value for t in trained) == pytest.approx(sorted(r.data.metrics["final/val/top1"] for r in trials))
-    for trial in repeats:
+    for trial in repeats:  # recorded with the first trial's values, but not as a second finished observation
         assert trial.value == study.trials[trial.user_attrs["repeat_of"]].value
+        assert trial.state == optuna.trial.TrialState.PRUNED
+    # Optuna's meaning of an early stop: ASHA-stopped trials are PRUNED, with each epoch's value on the way.
+    epochs_of = {round(r.data.metrics["final/val/top1"], 9): int(r.data.metrics["final/epochs"]) for r in trials}
+    for trial in trained:
+        epochs = epochs_of[round(trial.value, 9)]
+        assert sorted(trial.intermediate_values) == list(range(1, epochs + 1))
+        expected = optuna.trial.TrialState.COMPLETE if epochs == 3 else optuna.trial.TrialState.PRUNED
+        assert trial.state == expected, (trial.number, epochs, trial.state)
     for trial in study.trials:
         if trial.params.get("loss.name") == "bickd":
             assert ("loss.orthogonality" in trial.params) == (trial.params["loss.contrast"] == "full")
@@ -138,11 +145,12 @@ def _assert_png(path) -> None:
         image.verify()
 
 
-def test_ablation_produces_the_table(ray_local, write_experiment, tmp_path):
+def test_ablation_produces_the_table(ray_local, write_experiment, tmp_path, capsys):
+    ablation = {"seeds": [0, 1], "reference": "full", "control": "kd_only",
+                "arms": {"full": {}, "kd_only": {"loss.w_bc": 0.0}}}
     path = write_experiment(
-        "ablation", recipe={"epochs": 1}, teacher_cache={"enabled": True, "epochs": 1},
-        ablation={"seeds": [0, 1], "reference": "full", "control": "kd_only",
-                  "arms": {"full": {}, "kd_only": {"loss.w_bc": 0.0}}},
+        "ablation", recipe={"epochs": 1}, teacher_cache={"enabled": True, "epochs": 1}, ablation=ablation,
+        analysis={"primary": ["full vs kd_only"]},
         resources={"cpus_per_trial": 1, "max_concurrent_trials": 2, "max_failures": 0})
     assert tune_cli.main([path]) == 0
     experiment_dir = tmp_path / "experiments" / "ablation"
@@ -151,16 +159,22 @@ def test_ablation_produces_the_table(ray_local, write_experiment, tmp_path):
     assert list(table.arm) == ["full", "kd_only"] and list(table.seeds) == [2, 2]
     _, trials = _runs(str(experiment_dir), "ablation", "trial")
     assert len(trials) == 4
-    by_arm = {}
-    for run in trials:
-        by_arm.setdefault(run.data.params["arm"], []).append(run.data.metrics["final/test/top1"])
+    by_arm_seed = {(run.data.params["arm"], int(run.data.params["seed"])): run.data.metrics["final/test/top1"]
+                   for run in trials}
     for row in table.itertuples():
-        assert row.test_mean == pytest.approx(sum(by_arm[row.arm]) / 2, abs=1e-9)
-    full, kd = table.set_index("arm").loc["full"], table.set_index("arm").loc["kd_only"]
-    assert full.delta_vs_control == pytest.approx(full.test_mean - kd.test_mean)
-    assert math.isnan(full.delta_vs_reference) and math.isnan(kd.delta_vs_control)  # no arm against itself
-    markdown = (experiment_dir / "results" / "ablation.md").read_text()
-    assert "kd_only" in markdown and "±" in markdown
+        assert row.test_mean == pytest.approx((by_arm_seed[(row.arm, 0)] + by_arm_seed[(row.arm, 1)]) / 2, abs=1e-9)
+    # The arms ran the same seeds: one comparison, paired, on the per-seed differences.
+    comparisons = pd.read_csv(experiment_dir / "results" / "ablation_comparisons.csv")
+    assert list(comparisons.comparison) == ["kd_only vs full"] and list(comparisons.family) == ["primary"]
+    differences = [by_arm_seed[("kd_only", s)] - by_arm_seed[("full", s)] for s in (0, 1)]
+    assert comparisons.delta[0] == pytest.approx(sum(differences) / 2)
+    if differences[0] != differences[1]:
+        assert comparisons.test[0] == "paired t"
+    per_seed = pd.read_parquet(experiment_dir / "results" / "ablation_per_seed.parquet")
+    assert sorted(zip(per_seed.arm, per_seed.seed)) == sorted(by_arm_seed)
+    client, parents = _runs(str(experiment_dir), "ablation", "experiment")
+    logged = {a.path for a in client.list_artifacts(parents[0].info.run_id, "ablation")}
+    assert {"ablation/ablation_per_seed.csv", "ablation/ablation_comparisons.csv"} <= logged
 
     # The report's ablation section is recomputed from MLflow and agrees with the table; it regenerates.
     report = (experiment_dir / "report" / "report.md").read_text()
@@ -172,6 +186,23 @@ def test_ablation_produces_the_table(ray_local, write_experiment, tmp_path):
     from bickd_tune import report as report_cli
     assert report_cli.main([str(experiment_dir)]) == 0
     assert (experiment_dir / "report" / "report.md").read_text() == report
+
+    # A second experiment in the same storage whose confirmation would re-run these seeds with the same data,
+    # split, views and teacher is refused before anything is created; drawing the views per seed is allowed.
+    capsys.readouterr()
+    confirm = {"seeds": [1, 2], "control": "kd", "arms": {"kd": {"loss.name": "kd"}}}
+    repeat = write_experiment("repeat", recipe={"epochs": 1}, teacher_cache={"enabled": True, "epochs": 1},
+                              search={"num_samples": 1}, confirm=confirm)
+    assert tune_cli.main([repeat]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "confirm.seeds" in error and "'ablation'" in error and "[1]" in error
+    assert not (tmp_path / "experiments" / "repeat").exists()
+    from bickd_tune import draws
+    from bickd_tune.experiment import load_experiment
+    from bickd_tune.paths import ExperimentPaths
+    fresh = load_experiment(write_experiment("fresh", recipe={"epochs": 1}, teacher_cache={"enabled": True, "epochs": 1},
+                                             search={"num_samples": 1}, confirm={**confirm, "per_seed": ["views"]}))
+    assert draws.check_independent(fresh, ExperimentPaths.of(fresh), draws.teacher_ids(fresh)) == {}
 
 
 def test_torch_trainer_trial_with_two_gloo_workers(ray_local, write_experiment, tmp_path):

@@ -92,7 +92,8 @@ def _coarse_labels(root: str, train: bool) -> np.ndarray | None:
 
 
 @register_dataset("cifar100", val_fraction=0.1)  # 5,000 of the 50,000 training images
-def load_cifar100(root=None, download=False, image_size=None, seed=0, val_fraction=0.0) -> ImageData:
+def load_cifar100(root=None, download=False, image_size=None, seed=0, val_fraction=0.0,
+                  split_seed=None) -> ImageData:
     if root is None:
         raise DataError("data.root is required for cifar100 (the folder holding cifar-100-python/)")
     if not download and not os.path.isdir(os.path.join(root, FOLDER)):
@@ -117,7 +118,7 @@ def load_cifar100(root=None, download=False, image_size=None, seed=0, val_fracti
                      mean=tuple(meta.get("mean", MEAN)), std=tuple(meta.get("std", STD)),
                      augment=AugmentSpec(crop_padding=max((image_size or 32) // 8, 1), flip=True),
                      class_names=tuple(train.classes), name="cifar100", meta=meta)
-    return hold_out_validation(data, val_fraction, seed)
+    return hold_out_validation(data, val_fraction, seed if split_seed is None else split_seed)
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:

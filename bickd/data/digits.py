@@ -34,19 +34,21 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(x.mean((0, 2, 3)).tolist()), tuple(x.std((0, 2, 3)).clamp_min(1e-3).tolist())
 
 
-def digits_three_way(seed: int, val_fraction: float):
-    """(train, val, test) of the 60/40 split, validation held out of the 60% by `seed` (val may be empty)."""
+def digits_three_way(seed: int, val_fraction: float, split_seed: int | None = None):
+    """(train, val, test) of the 60/40 split by `seed`, validation held out of the 60% by `split_seed` (default:
+    `seed`; val may be empty)."""
     train_x, test_x, train_y, test_y = digits_split(seed)
-    keep, held = stratified_holdout(train_y, val_fraction, seed)
+    keep, held = stratified_holdout(train_y, val_fraction, seed if split_seed is None else split_seed)
     return (train_x[keep], train_y[keep]), (train_x[held], train_y[held]), (test_x, test_y)
 
 
 @register_dataset("digits", val_fraction=0.2)
-def load_digits_dataset(root=None, download=False, image_size=None, seed=0, val_fraction=0.0) -> ImageData:
+def load_digits_dataset(root=None, download=False, image_size=None, seed=0, val_fraction=0.0,
+                        split_seed=None) -> ImageData:
     """60/40 stratified train/test split by `seed` (validation held out of the 60%), upsampled to
     `image_size` (default 32), 3 channels."""
     size = image_size or 32
-    (train_x, train_y), (val_x, val_y), (test_x, test_y) = digits_three_way(seed, val_fraction)
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = digits_three_way(seed, val_fraction, split_seed)
     train_images, test_images = to_uint8_rgb(train_x, size), to_uint8_rgb(test_x, size)
     mean, std = channel_stats(train_images)
     return ImageData(train_images, torch.from_numpy(train_y).long(), test_images, torch.from_numpy(test_y).long(),

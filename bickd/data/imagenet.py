@@ -12,7 +12,8 @@ STD = (0.229, 0.224, 0.225)
 
 
 @register_dataset("imagenet", val_fraction=0.01)  # ~12,800 training images held out for validation
-def load_imagenet(root=None, download=False, image_size=None, seed=0, val_fraction=0.0) -> FolderData:
+def load_imagenet(root=None, download=False, image_size=None, seed=0, val_fraction=0.0,
+                  split_seed=None) -> FolderData:
     if root is None:
         raise DataError("data.root is required for imagenet (the folder holding train/ and val/)")
     if download:
@@ -34,7 +35,7 @@ def load_imagenet(root=None, download=False, image_size=None, seed=0, val_fracti
     # ImageNet's "val" folder is the test split here: the validation split comes out of the training folder.
     test = datasets.ImageFolder(folders["val"], evaluation)
     classes = tuple(train.classes)
-    keep, held = stratified_holdout(train.targets, val_fraction, seed)
+    keep, held = stratified_holdout(train.targets, val_fraction, seed if split_seed is None else split_seed)
     val = None
     if len(held):
         val = Subset(datasets.ImageFolder(folders["train"], evaluation), held.tolist())

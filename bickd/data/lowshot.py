@@ -49,10 +49,10 @@ def _per_class(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
 
 
 @register_dataset("digits_lowshot", options=LowShotOptions, val_fraction=0.2)
-def load_digits_lowshot(root=None, download=False, image_size=None, seed=0, val_fraction=0.0,
+def load_digits_lowshot(root=None, download=False, image_size=None, seed=0, val_fraction=0.0, split_seed=None,
                         train_per_class: int | None = 30) -> ImageData:
     size = image_size or 16
-    (train_x, train_y), (val_x, val_y), (test_x, test_y) = digits_three_way(seed, val_fraction)
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = digits_three_way(seed, val_fraction, split_seed)
     if train_per_class is not None:
         smallest = int(np.bincount(train_y).min())
         if train_per_class > smallest:

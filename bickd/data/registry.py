@@ -56,8 +56,10 @@ def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_dataset(name: str, *, root: str | None = None, download: bool = False, image_size: int | None = None,
-                 seed: int = 0, val_fraction: float | None = None, **options) -> ImageData | FolderData:
-    """The data set `name` with `val_fraction` of its training data held out (None: the set's default)."""
+                 seed: int = 0, val_fraction: float | None = None, split_seed: int | None = None,
+                 **options) -> ImageData | FolderData:
+    """The data set `name` with `val_fraction` of its training data held out (None: the set's default) by
+    `split_seed` (None: `seed`, which also draws a generated set or a set's own train/test split)."""
     entry = DATASETS[one_of(name, sorted(DATASETS), what="data set")]
     try:
         checked = validate_options(name, options)
@@ -67,7 +69,7 @@ def load_dataset(name: str, *, root: str | None = None, download: bool = False, 
                          f"(got {first.get('input')!r})") from None
     fraction = entry.val_fraction if val_fraction is None else val_fraction
     return entry.loader(root=root, download=download, image_size=image_size, seed=seed, val_fraction=fraction,
-                        **checked)
+                        split_seed=split_seed, **checked)
 
 
 def val_fraction_of(data) -> float:
@@ -78,4 +80,5 @@ def val_fraction_of(data) -> float:
 def load_data(data) -> ImageData | FolderData:
     """The data set a `DataConfig` describes (the one way the training code loads data)."""
     return load_dataset(data.name, root=data.root, download=data.download, image_size=data.image_size,
-                        seed=data.seed, val_fraction=data.val_fraction, **data.options)
+                        seed=data.seed, val_fraction=data.val_fraction, split_seed=data.split_seed,
+                        **data.options)

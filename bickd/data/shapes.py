@@ -158,8 +158,8 @@ class ShapesOptions(StrictModel):
 
 
 @register_dataset("shapes100", options=ShapesOptions, val_fraction=0.1)
-def load_shapes100(root=None, download=False, image_size=None, seed=0, val_fraction=0.0, train_per_class: int = 200,
-                   test_per_class: int = 100) -> ImageData:
+def load_shapes100(root=None, download=False, image_size=None, seed=0, val_fraction=0.0, split_seed=None,
+                   train_per_class: int = 200, test_per_class: int = 100) -> ImageData:
     """Generates the set once into a cache folder (atomically), then reads it as CIFAR-100."""
     folder = cache_folder(root, seed, train_per_class, test_per_class)
     if not os.path.isdir(os.path.join(folder, FOLDER)):
@@ -171,6 +171,7 @@ def load_shapes100(root=None, download=False, image_size=None, seed=0, val_fract
             os.rename(tmp, folder)  # another process may have won the race: its copy is identical
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
-    data = load_cifar100(root=folder, image_size=image_size, seed=seed, val_fraction=val_fraction)
+    data = load_cifar100(root=folder, image_size=image_size, seed=seed, val_fraction=val_fraction,
+                         split_seed=split_seed)
     size = image_size or SIZE
     return dataclasses.replace(data, augment=AugmentSpec(crop_padding=max(size // 8, 1), flip=True), name="shapes100")
