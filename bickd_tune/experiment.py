@@ -234,8 +234,10 @@ class ResourcesConfig(StrictModel):
         default_factory=dict, description="extra Ray resources per trial (per DDP worker with num_workers >= 1), "
         "e.g. {gpu1: 0.5}: steers trials to the node type that advertises them (cluster/README.md)")
     coordinator_resources: dict[str, float] = Field(
-        default_factory=lambda: {"CPU": 0.5}, description="what the Tune trial that drives a TorchTrainer "
-        "(num_workers >= 1) asks for; e.g. {CPU: 0, coordinator: 1} to run it on a head that advertises it")
+        default_factory=lambda: {"CPU": 0, "coordinator": 1}, description="what the Tune trial that drives a "
+        "TorchTrainer (num_workers >= 1) asks for: by default a `coordinator` slot, which the heads of cluster/*.yaml "
+        "and the platform's own local instance advertise (so the driver never starts a GPU node of its own); on a "
+        "cluster whose head lacks it, e.g. {CPU: 0.5}")
 
     @field_validator("custom_resources", "coordinator_resources")
     @classmethod

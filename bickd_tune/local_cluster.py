@@ -8,13 +8,16 @@ multi-node provider: worker "nodes" are local processes that the autoscaler star
     python -m bickd_tune.local_cluster down               # stops this cluster's processes only
 
 Every address is 127.0.0.1; the cluster's processes are found by its own Ray temp folder, so `down` never
-touches another Ray on the machine (`ray stop` would).
+touches another Ray on the machine (`ray stop` would). Token authentication is on, with this machine's Ray
+token (~/.ray/auth_token: the one a local `ray.init()` wrote, else a new one): the platform's drivers and
+these commands find it themselves (bickd_tune.ray_env.use_loopback).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +25,9 @@ import tempfile
 import yaml
 
 from bickd_tune.processes import kill, node_processes, stop_processes_under
+from bickd_tune.ray_env import AUTH_MODE, LOOPBACK_SWITCH, machine_token, use_loopback
 
+CONNECT_TIMEOUT_S = 5
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cluster", "local.yaml")
 
 
@@ -31,9 +36,27 @@ def default_temp_dir(port: int) -> str:
 
 
 def cluster_env() -> dict[str, str]:
-    """Ray's fake provider on; loopback only (no node may use the machine's outward address)."""
-    return {**os.environ, "RAY_FAKE_CLUSTER": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-            "RAY_USAGE_STATS_ENABLED": "0"}
+    """Ray's fake provider on; loopback only (no node may use the machine's outward address); token
+    authentication on unless the user chose a mode (the autoscaler starts the worker nodes with this too)."""
+    return {"RAY_USAGE_STATS_ENABLED": "0", AUTH_MODE: "token", **os.environ, "RAY_FAKE_CLUSTER": "1",
+            LOOPBACK_SWITCH: "0"}
+
+
+def ensure_token(env: dict[str, str]) -> str | None:
+    """This machine's Ray token, created with Ray's own command (`ray get-auth-token --generate`) when there is
+    none yet; returns where it is (None when token authentication is off)."""
+    if env.get(AUTH_MODE) != "token":
+        return None
+    if machine_token() is None:
+        result = subprocess.run([ray_command(), "get-auth-token", "--generate"], env=env, capture_output=True,
+                                text=True, timeout=120)  # it prints the token: kept out of the terminal
+        if result.returncode != 0:
+            raise RuntimeError(f"ray get-auth-token --generate failed: {result.stderr.strip()[-1000:]}")
+    return machine_token()
+
+
+def ray_command() -> str:
+    return os.path.join(os.path.dirname(sys.executable), "ray")
 
 
 def up(config_path: str = DEFAULT_CONFIG, port: int = 6379, temp_dir: str | None = None) -> str:
@@ -48,11 +71,13 @@ def up(config_path: str = DEFAULT_CONFIG, port: int = 6379, temp_dir: str | None
         yaml.safe_dump(config, handle)
     head = dict(config["available_node_types"][config["head_node_type"]]["resources"])
     cpus, gpus = head.pop("CPU", 0), head.pop("GPU", 0)
-    command = [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", f"--port={port}",
+    command = [ray_command(), "start", "--head", f"--port={port}",
                f"--num-cpus={cpus:g}", f"--num-gpus={gpus:g}", f"--resources={json.dumps(head)}",
                "--node-ip-address=127.0.0.1", "--include-dashboard=false", f"--autoscaling-config={written}",
                f"--temp-dir={temp_dir}"]
-    result = subprocess.run(command, env=cluster_env(), capture_output=True, text=True, timeout=180)
+    env = cluster_env()
+    ensure_token(env)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     if result.returncode != 0:
         stop_processes_under(temp_dir)
         raise RuntimeError(f"ray start failed: {(result.stderr or result.stdout).strip()[-2000:]}")
@@ -124,9 +149,16 @@ def type_of(resources: dict[str, float], types: dict[str, dict[str, float]]) -> 
 
 
 def nodes(address: str, config_path: str = DEFAULT_CONFIG) -> list[dict]:
-    """Every node the cluster has had: id, type, alive (lost nodes stay listed, not alive)."""
+    """Every node the cluster has had: id, type, alive (lost nodes stay listed, not alive). Joins as a second
+    driver: call `use_loopback()` before Ray is imported (main does)."""
     import ray
 
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError:
+        raise RuntimeError(f"no cluster answers at {address} (start it with `python -m bickd_tune.local_cluster "
+                           "up`, or pass its --port)") from None
     types = node_types(config_path)
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     try:
@@ -152,10 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=6379, help="the head's GCS port")
     parser.add_argument("--temp-dir", default=None, help="Ray temp folder (default: /tmp/bickd-cluster-<port>)")
     args = parser.parse_args(argv)
+    use_loopback()  # before Ray is imported: `nodes` joins the cluster at 127.0.0.1 with this machine's token
     temp_dir = args.temp_dir or default_temp_dir(args.port)
     if args.action == "up":
         address = up(args.config, args.port, temp_dir)
-        print(f"cluster up at {address} (Ray temp folder {temp_dir}); run an experiment with --address {address}")
+        token = machine_token() if cluster_env().get(AUTH_MODE) == "token" else None
+        print(f"cluster up at {address} (Ray temp folder {temp_dir}); run an experiment with --address {address}\n"
+              + (f"token authentication on, with this machine's token ({token}); a Ray driver of your own joins "
+                 f"with {LOOPBACK_SWITCH}=0 {AUTH_MODE}=token" if token else "token authentication off"))
     elif args.action == "services":
         storage, tracking = services(temp_dir)
         print(f"S3 API and MLflow server up (logs in {temp_dir}); run an experiment with\n"
@@ -163,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.action == "down":
         print(f"stopped {down(temp_dir)} processes of the cluster in {temp_dir}")
     elif args.action == "nodes":
-        print(json.dumps(nodes(f"127.0.0.1:{args.port}", args.config), indent=1))
+        try:
+            print(json.dumps(nodes(f"127.0.0.1:{args.port}", args.config), indent=1))
+        except RuntimeError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     else:
         if not args.node_id:
             parser.error("kill-node needs the NODE_ID (see the nodes action)")

@@ -13,10 +13,16 @@ import urllib.request
 from bickd.config_io import ConfigError
 from bickd.data import load_data
 from bickd.models import CheckpointError
+from bickd_tune.data_copy import downloaded_here
 from bickd_tune.experiment import ExperimentConfig
 from bickd_tune.paths import ExperimentPaths
+from bickd_tune.storage import Storage, failure, for_a_check, without_query
 
-PREFLIGHT_EXPERIMENT = "bickd-preflight"  # where the artifact-store check writes (its runs are deleted)
+PREFLIGHT_EXPERIMENT = "bickd-preflight"
+# Ray names a node's type in its label ray.io/node-group (set from RAY_NODE_TYPE_NAME, which the autoscaler,
+# KubeRay and the fake multi-node provider give every node they start).
+NODE_GROUP_LABEL, NODE_TYPE_ENV = "ray.io/node-group", "RAY_NODE_TYPE_NAME"
+PROBE_SLIVER = 0.001  # of a resource, for a check that must land on a node type without waiting for a free slot  # where the artifact-store check writes (its runs are deleted)
 QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
@@ -27,13 +33,14 @@ def check_storage(paths: ExperimentPaths) -> None:
         return
     probe, token = ".bickd-preflight", os.urandom(8).hex().encode()
     try:
-        storage = paths.storage()
+        storage = Storage(for_a_check(paths.experiment_uri))
         storage.write_bytes(probe, token)
         if storage.read_bytes(probe) != token:
             raise OSError("read back other bytes than were written")
         storage.fs.delete_file(f"{storage.root}/{probe}")
     except Exception as err:  # noqa: BLE001 - pyarrow raises OSError, ValueError, ... per cause
-        raise ConfigError(f"storage_path: cannot write to {paths.experiment_uri} ({_first_line(err)})") from None
+        raise ConfigError(f"storage_path: cannot write to {without_query(paths.experiment_uri)}: "
+                          f"{failure(err)}") from None
 
 
 def _check_local_folder(folder: str, field: str) -> None:
@@ -108,13 +115,91 @@ def check_artifact_store(tracking_uri: str) -> None:
                 os.environ[key] = value
 
 
-def check_data(experiment: ExperimentConfig) -> int:
-    """Loads the data set once (cheap for in-memory sets, a folder scan for ImageNet); returns #classes."""
-    try:
-        loaded = load_data(experiment.data)
-    except (ValueError, OSError) as err:
-        raise ConfigError(f"data: {err}") from None
-    return loaded.num_classes
+def check_data(experiment: ExperimentConfig, address: str | None = None) -> int:
+    """Loads the data set once (cheap for in-memory sets, a folder scan for ImageNet); returns #classes.
+
+    On a cluster (`address`: joined now, so the checks below run there) a data set read from a folder of its
+    own is loaded where the trials run, by a Ray task on their node type: the GPU workers mount ImageNet, the
+    head does not. A data set that the bucket will keep (bickd_tune.data_copy) is downloaded here instead, once.
+    The teacher's own data set (`teacher.data`) is checked the same way.
+    """
+    sets = {"data": experiment.data}
+    if experiment.teacher is not None and experiment.teacher.data is not None:
+        sets["teacher.data"] = experiment.teacher.data
+    if address is not None:
+        from bickd_tune.ray_env import init_ray
+        init_ray(address)
+        check_driver_placement(experiment)
+    on_nodes = {field: data for field, data in sets.items()
+                if data.root and not (experiment.is_remote and downloaded_here(data))}
+    if address is None or not on_nodes:
+        return _num_classes(load_here(sets))
+    here = {field: data for field, data in sets.items() if field not in on_nodes}
+    return _num_classes({**load_here(here), **load_where_trials_run(experiment, on_nodes)})
+
+
+def _num_classes(loaded: dict[str, int | str]) -> int:
+    for field, result in loaded.items():
+        if isinstance(result, str):
+            raise ConfigError(f"{field}: {result}")
+    return loaded["data"]
+
+
+def load_here(sets: dict) -> dict[str, int | str]:
+    """Field -> the data set's number of classes, or why it cannot be loaded here."""
+    loaded: dict[str, int | str] = {}
+    for field, data in sets.items():
+        try:
+            loaded[field] = load_data(data).num_classes
+        except (ValueError, OSError) as err:
+            loaded[field] = str(err)
+    return loaded
+
+
+def _load_on_node(sets: dict) -> tuple[str, dict[str, int | str]]:
+    """(this node's type, what `load_here` finds on it): runs as a Ray task."""
+    import ray
+
+    node = (ray.get_runtime_context().get_node_labels().get(NODE_GROUP_LABEL) or os.environ.get(NODE_TYPE_ENV)
+            or f"at {ray.util.get_node_ip_address()}")
+    return node, load_here(sets)
+
+
+def load_where_trials_run(experiment: ExperimentConfig, sets: dict) -> dict[str, int | str]:
+    """`load_here` in a Ray task placed like the trials (their custom resources, else their GPUs or CPUs, in
+    slivers that fit beside running trials); each failure names the node type it was checked on."""
+    import ray
+
+    r = experiment.resources
+    if r.custom_resources:
+        options = {"num_cpus": 0, "resources": {name: PROBE_SLIVER for name in r.custom_resources}}
+    elif r.gpus_per_trial:
+        options = {"num_cpus": 0, "num_gpus": PROBE_SLIVER}
+    else:
+        options = {"num_cpus": PROBE_SLIVER}
+    print(f"[preflight] loading the data where the trials run ({options}); on an autoscaling cluster this "
+          "waits for a node of that type to start", flush=True)
+    node, loaded = ray.get(ray.remote(_load_on_node).options(**options).remote(sets))
+    where = node if node.startswith("at ") else f"node type {node}"
+    return {field: result if isinstance(result, int) else f"on {where} (where the trials run): {result}"
+            for field, result in loaded.items()}
+
+
+def check_driver_placement(experiment: ExperimentConfig) -> None:
+    """A DDP trial's driver asks for `resources.coordinator_resources`: some node of the cluster (its head, in
+    cluster/*.yaml) must advertise their custom resources, else the trial would wait forever."""
+    import ray
+
+    r = experiment.resources
+    if r.num_workers == 0:
+        return
+    custom = {k: v for k, v in r.coordinator_resources.items() if k not in ("CPU", "GPU")}
+    advertised = {k for node in ray.nodes() if node["Alive"] for k in node["Resources"]}
+    missing = sorted(set(custom) - advertised)
+    if missing:
+        raise ConfigError(f"resources.coordinator_resources: {r.coordinator_resources} asks for {', '.join(missing)}, "
+                          "which no node of this cluster advertises (the heads of cluster/*.yaml advertise "
+                          "`coordinator`); set resources.coordinator_resources to what your head has, e.g. {CPU: 0.5}")
 
 
 def check_teacher_checkpoint(experiment: ExperimentConfig, num_classes: int) -> None:

@@ -5,10 +5,19 @@ does), so nothing depends on the checkout's path or on PYTHONPATH. A joined clus
 `bickd` and `bickd_tune` as runtime-env `py_modules`, so every node runs exactly the driver's code even when
 its own install is older.
 
-A local instance talks over the loopback interface. By default Ray addresses even a single-node instance
-by the machine's outward IP, and connections to that address can be filtered (ray-project/ray#15780). Ray
-only reads its switch for this (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`: no second node may join) when it is
-imported, so `use_loopback()` must run before the first `import ray` of the process: Ray is imported lazily.
+A Ray on this machine (the CLI's own instance, or a cluster joined at 127.0.0.1) is talked to over the loopback
+interface. By default Ray addresses even a single-node instance by the machine's outward IP, and it rewrites a
+loopback address given to `ray.init(address="127.0.0.1:P")` to that IP too (`resolve_ip_for_localhost`), so
+a driver would dial `<outward IP>:P`, which can be filtered (ray-project/ray#15780) and then retries forever.
+Ray only reads its switch for this (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`: every node of this machine uses
+127.0.0.1) when it is imported, so `use_loopback()` must run before the first `import ray` of the process:
+Ray is imported lazily.
+
+Token authentication (Ray 2.59+): Ray turns it on for a cluster that `ray.init()` or `ray start --head` starts
+while a token exists (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN), and a driver that finds a
+local cluster by itself (`address="auto"`) uses that token; a driver given an explicit address does not, and
+is refused. A cluster on this machine is the same case as "auto", so `use_loopback()` also switches token
+mode on when this machine has a token and RAY_AUTH_MODE is not set.
 """
 from __future__ import annotations
 
@@ -22,17 +31,33 @@ from bickd.config_io import ConfigError
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding bickd_tune/
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+AUTH_MODE = "RAY_AUTH_MODE"
+COORDINATOR, COORDINATOR_SLOTS = "coordinator", 64  # as cluster/*.yaml's heads advertise
 
 
 def use_loopback() -> bool:
-    """Makes a local Ray instance started by this process (and its children) use 127.0.0.1.
+    """Makes this process (and its children) reach a Ray on this machine at 127.0.0.1, with this machine's
+    token when it has one (see the module's docstring).
 
-    Returns whether it took effect: False when Ray was already imported or the user set the switch.
+    Returns whether the loopback switch took effect: False when Ray was already imported or the user set it.
     """
-    if "ray" in sys.modules or LOOPBACK_SWITCH in os.environ:
+    if "ray" in sys.modules:
+        return False
+    if AUTH_MODE not in os.environ and machine_token() is not None:
+        os.environ[AUTH_MODE] = "token"
+    if LOOPBACK_SWITCH in os.environ:
         return False
     os.environ[LOOPBACK_SWITCH] = "0"
     return True
+
+
+def machine_token() -> str | None:
+    """Where this machine's Ray token is, in Ray's own order of lookup (RAY_AUTH_TOKEN, the file named by
+    RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token); None when there is none."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    return path if os.path.isfile(path) and os.path.getsize(path) > 0 else None
 
 
 def code_modules() -> list[str]:
@@ -95,7 +120,9 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, temp_dir
     if address:
         ray.init(address=address, runtime_env=joined_runtime_env(), **kwargs)
     else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir, **kwargs)
+        # `coordinator` slots, as the clusters' heads have: a DDP trial's driver asks for one by default.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir,
+                 resources={COORDINATOR: COORDINATOR_SLOTS}, **kwargs)
 
 
 def cluster_resources() -> dict[str, float]:

@@ -27,7 +27,7 @@ def run_experiment(experiment: ExperimentConfig, paths: ExperimentPaths, address
         raise ConfigError(f"--resume: no experiment '{experiment.name}' in {paths.experiment_uri} to resume")
     preflight.check_storage(paths)
     preflight.check_tracking(paths.tracking_uri)
-    num_classes = preflight.check_data(experiment)
+    num_classes = preflight.check_data(experiment, address)  # on a cluster: where the trials run
     preflight.check_teacher_checkpoint(experiment, num_classes)
     if resume:
         _check_primary_unchanged(experiment, paths)
@@ -42,6 +42,8 @@ def run_experiment(experiment: ExperimentConfig, paths: ExperimentPaths, address
         check_resources(experiment, cluster_resources())
 
     # Everything below may create files: all checks have passed.
+    from bickd_tune.data_copy import keep_in_storage
+    experiment = keep_in_storage(experiment, paths)  # a downloaded data set: into the bucket, once
     created = not os.path.exists(paths.local_dir)
     os.makedirs(paths.local_dir, exist_ok=True)
     try:

@@ -16,7 +16,24 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "abfss://", "az://", "hdfs://")
+# pyarrow's file systems (pyarrow 25: S3, GCS, Azure Data Lake / Blob Storage as abfs[s]://, HDFS). Azure's az://
+# is not among them: abfss://<container>@<account>.dfs.core.windows.net/<path> names the same place.
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "abfss://", "hdfs://")
+# GCS retries a failing request (missing credentials included) for 15 minutes by default: a check tries shortly.
+GCS_CHECK_RETRY_S = 20
+# What pyarrow's errors mean, by cloud: (words in the error, what is missing and how to provide it).
+FAILURES = (
+    (("OAuth2 access token",), "no Google credentials (`gcloud auth application-default login` on your machine, "
+     "GOOGLE_APPLICATION_CREDENTIALS, or on a cluster the nodes' service account)"),
+    (("DefaultAzureCredential",), "no Azure credentials (`az login` on your machine, or on a cluster the nodes' "
+     "managed identity with Storage Blob Data Contributor on the account)"),
+    (("NoSuchBucket", "bucket does not exist", "ContainerNotFound", "NOT_FOUND"),
+     "the bucket (or container) does not exist"),
+    (("InvalidAccessKeyId", "SignatureDoesNotMatch", "No response body", "credentials"),
+     "no valid AWS credentials (`aws configure`, AWS_PROFILE, or on a cluster the nodes' instance profile)"),
+    (("AccessDenied", "ACCESS_DENIED", "PERMISSION_DENIED", "AuthorizationPermissionMismatch"),
+     "access denied: the credentials in use may not write there"),
+)
 
 
 def is_remote(uri: str) -> bool:
@@ -32,10 +49,11 @@ def join(uri: str, *parts: str) -> str:
 
 def without_query(uri: str) -> str:
     """The location alone, without pyarrow's options or credentials in the URI (`s3://key:secret@bucket`):
-    what identifies an experiment whatever reaches it."""
+    what identifies an experiment whatever reaches it. (Azure's `container@account` is a location: it stays.)"""
     location = uri.partition("?")[0]
     scheme, sep, rest = location.partition("://")
-    return f"{scheme}{sep}{rest.split('@', 1)[-1]}" if sep and "@" in rest.split("/", 1)[0] else location
+    userinfo = rest.split("/", 1)[0].rpartition("@")[0]
+    return f"{scheme}{sep}{rest.split('@', 1)[-1]}" if sep and ":" in userinfo else location
 
 
 class Storage:
@@ -120,3 +138,20 @@ class Storage:
 
 def scheme(uri: str) -> str:
     return urlsplit(uri).scheme or "file"
+
+
+def for_a_check(uri: str) -> str:
+    """`uri` as a quick check should open it: a GCS location retries for seconds, not 15 minutes."""
+    if scheme(uri) in ("gs", "gcs") and "retry_limit_seconds=" not in uri:
+        return f"{uri}{'&' if '?' in uri else '?'}retry_limit_seconds={GCS_CHECK_RETRY_S}"
+    return uri
+
+
+def failure(err: BaseException) -> str:
+    """What pyarrow's error says is missing, in a few words (its own first line when it is none of FAILURES)."""
+    text = str(err)
+    for words, meaning in FAILURES:
+        if any(word in text for word in words):
+            return meaning
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return first[:300]

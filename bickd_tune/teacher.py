@@ -17,6 +17,7 @@ import torch
 
 from bickd.models import create_model, load_checkpoint
 from bickd.run import evaluate_weights, fit, print_report
+from bickd_tune.data_copy import on_this_node
 from bickd_tune.experiment import ExperimentConfig
 from bickd_tune.paths import ExperimentPaths
 from bickd_tune.storage import Storage, is_remote
@@ -42,7 +43,7 @@ def remote_options(experiment: ExperimentConfig) -> dict[str, Any]:
 def _train(config_json: dict[str, Any], storage: Storage) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
     from bickd.config import TrainConfig
 
-    config = TrainConfig.model_validate(config_json).teacher_training_config()
+    config = on_this_node(TrainConfig.model_validate(config_json)).teacher_training_config()
     progress = storage.read_torch(PROGRESS) if storage.exists(PROGRESS) else None
     history: list[dict[str, float]] = []
     if progress is not None:
@@ -67,7 +68,7 @@ def _train(config_json: dict[str, Any], storage: Storage) -> tuple[dict[str, tor
 @ray.remote
 def _evaluate(config_json: dict[str, Any], model_name: str, state: dict[str, torch.Tensor]):
     from bickd.config import TrainConfig
-    return evaluate_weights(TrainConfig.model_validate(config_json), model_name, state)
+    return evaluate_weights(on_this_node(TrainConfig.model_validate(config_json)), model_name, state)
 
 
 def load_teacher_state(model_name: str, num_classes: int, path: str) -> dict[str, torch.Tensor]:
@@ -132,7 +133,7 @@ def _build_cache(config_json: dict[str, Any], state: dict[str, torch.Tensor], st
     from bickd.config import TrainConfig
     from bickd.run import build_teacher_cache
 
-    config = TrainConfig.model_validate(config_json)
+    config = on_this_node(TrainConfig.model_validate(config_json))
     if not is_remote(storage.uri):
         build_teacher_cache(config, state, os.path.join(storage.root, name))  # local storage: in place
         return

@@ -17,6 +17,7 @@ import torch
 
 from bickd.config import TrainConfig
 from bickd.run import fit
+from bickd_tune.data_copy import on_this_node
 from bickd_tune.storage import Storage, is_remote, join, without_query
 
 STATE_FILE = "state.pt"
@@ -80,7 +81,7 @@ def run_trial(point: dict[str, Any], *, base: TrainConfig, arms: dict[str, dict[
     the trial trains on: its own (num_workers 0) or each DDP worker's."""
     from ray import tune
 
-    config = local_teacher_cache(trial_config(base, point, arms, seed_overrides))
+    config = on_this_node(local_teacher_cache(trial_config(base, point, arms, seed_overrides)))
     if num_workers == 0:
         if config.runtime.threads is None:
             torch.set_num_threads(max(1, int(worker_resources["CPU"])))
@@ -119,7 +120,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    config = local_teacher_cache(TrainConfig.model_validate(loop_config["config"]))
+    config = on_this_node(local_teacher_cache(TrainConfig.model_validate(loop_config["config"])))
     fit(config, report=_report_with(ray.train.report, ray.train.Checkpoint),
         resume=_load_state(ray.train.get_checkpoint()), device=ray.train.torch.get_device(),
         teacher_state=loop_config["teacher_state"])

@@ -105,8 +105,12 @@ def plan_lines(experiment: ExperimentConfig, paths: ExperimentPaths) -> list[str
     scheduler = ("none" if experiment.scheduler.type == "none" or experiment.ablation is not None else
                  f"ASHA (grace {experiment.scheduler.grace_period}, max {experiment.max_epochs} epochs, "
                  f"reduction {experiment.scheduler.reduction_factor:g})")
+    driver = ", ".join(f"{name} {amount:g}" for name, amount in resources.coordinator_resources.items())
     placement = ("in the Tune trial" if resources.num_workers == 0 else
-                 f"TorchTrainer, {resources.num_workers} DDP workers")
+                 f"TorchTrainer, {resources.num_workers} DDP workers; their driver asks for {driver}: "
+                 + ("a `coordinator` slot of the cluster's head (cluster/*.yaml) or of the local instance"
+                    if "coordinator" in resources.coordinator_resources else
+                    "on cluster/*.yaml's zero-CPU head that starts a GPU node for it alone"))
     teacher = ("none" if experiment.teacher is None else
                f"{experiment.teacher.model} from {experiment.teacher.checkpoint}" if experiment.teacher.checkpoint
                else f"{experiment.teacher.model}, trained once before the trials")

@@ -1,8 +1,11 @@
-"""The cluster path on one machine: a multi-node cluster started from cluster/local.yaml (Ray's fake
-multi-node provider, autoscaling from zero workers), S3 storage on a real local S3 server, a real MLflow
-server with its artifacts in that bucket, a lost node, and a resume from a head with an empty disk.
+"""The cluster path on one machine, as cluster/README.md's walkthrough runs it: a multi-node cluster started from
+cluster/local.yaml (Ray's fake multi-node provider, autoscaling from zero workers) with Ray's token
+authentication on, after a local run has written this machine's token; S3 storage on a real local S3 server, a
+real MLflow server with its artifacts in that bucket, a node listed and lost through the guide's commands, and a
+resume from a head with an empty disk. ImageNet-format data that only the 4-GPU node type holds.
 
-Every address is 127.0.0.1; the cluster's processes are stopped through its own Ray temp folder.
+Every address is 127.0.0.1; the cluster's processes are stopped through its own Ray temp folder. HOME is a
+temporary folder: the machine's own ~/.ray is never touched.
 """
 from __future__ import annotations
 
@@ -15,40 +18,59 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import pytest
 import ray
 import yaml
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
-from bickd_tune.local_cluster import down, node_types
-from bickd_tune.processes import processes_under
+from bickd.data.cifar import write_cifar100
+from bickd_tune.local_cluster import down
+from bickd_tune.processes import processes_under, stop_processes_under
 from tests.conftest import TINY, deep_update
 from tests.servers import CREDENTIALS, bucket_keys, free_port, mlflow_server, s3_server
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER = os.path.join(REPO, "cluster")
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+# What `local_cluster up` tells a user's own Ray driver to set (the platform's commands set it themselves).
+OWN_DRIVER = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
 
 
-def _env(**extra: str) -> dict[str, str]:
-    """A process started the way a user starts one: no PYTHONPATH, loopback only."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return {**env, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **extra}
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A HOME where a local run has happened, as README command 1 leaves a user's: its `ray.init()` wrote the
+    machine's Ray token (~/.ray/auth_token)."""
+    home = tmp_path_factory.mktemp("home")
+    temp_dir = tempfile.mkdtemp(prefix="bickd-t-")
+    demo = ("from bickd_tune.ray_env import init_ray, use_loopback\nuse_loopback()\nimport ray\n"
+            f"init_ray(num_cpus=1, temp_dir={temp_dir!r})\nray.shutdown()")
+    try:
+        ran = subprocess.run([sys.executable, "-c", demo], env=_env(home), capture_output=True, text=True,
+                             timeout=180)
+        assert ran.returncode == 0, ran.stderr[-3000:]
+    finally:
+        stop_processes_under(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert (home / ".ray" / "auth_token").stat().st_size > 0
+    return home
 
 
-def test_the_local_cluster_has_aws_node_types():
-    """cluster/local.yaml mirrors cluster/aws.yaml: the autoscaler decides here as it would on AWS."""
-    local, aws = node_types(os.path.join(CLUSTER, "local.yaml")), node_types(os.path.join(CLUSTER, "aws.yaml"))
-    assert local == aws
-    with open(os.path.join(CLUSTER, "local.yaml"), encoding="utf-8") as handle:
-        config = yaml.safe_load(handle)
-    assert config["provider"]["type"] == "fake_multinode" and config["provider"]["gcs_address"].startswith("127.0.0.1:")
-    assert all(spec.get("min_workers", 0) == 0 for spec in config["available_node_types"].values())  # from zero
+def _env(home, **extra: str) -> dict[str, str]:
+    """A user's shell: no PYTHONPATH, no Ray settings of the test run (token authentication is Ray's default)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
+    return {**env, "HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0", **extra}
+
+
+def _cli(home, *args: str, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bickd_tune.local_cluster", *args], env=_env(home, **extra),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
-def cluster(tmp_path):
+def cluster(tmp_path, home):
     """cluster/local.yaml brought up from another folder, without PYTHONPATH, as a user would."""
     if ray.is_initialized():
         ray.shutdown()  # one Ray cluster at a time on this machine
@@ -58,11 +80,11 @@ def cluster(tmp_path):
     elsewhere.mkdir()
     # Every node holds bucket credentials, as cloud nodes do through their instance profile.
     started = subprocess.run([sys.executable, "-m", "bickd_tune.local_cluster", "up", "--port", str(port),
-                              "--temp-dir", temp_dir], cwd=elsewhere, env=_env(**CREDENTIALS), capture_output=True,
-                             text=True, timeout=240)
+                              "--temp-dir", temp_dir], cwd=elsewhere, env=_env(home, **CREDENTIALS),
+                             capture_output=True, text=True, timeout=240)
     try:
         assert started.returncode == 0, started.stderr[-3000:]
-        yield {"address": f"127.0.0.1:{port}", "port": port, "temp_dir": temp_dir}
+        yield {"address": f"127.0.0.1:{port}", "port": port, "temp_dir": temp_dir, "home": home}
     finally:
         down(temp_dir)
         assert not processes_under(temp_dir), "the cluster's processes outlived `down`"
@@ -77,7 +99,7 @@ from bickd_tune.experiment import load_experiment
 from bickd_tune.local_cluster import node_types, type_of
 from bickd_tune.tuner import trial_resources, worker_resources
 
-ray.init(address=sys.argv[1], logging_level="ERROR")
+ray.init(address=sys.argv[1], logging_level="ERROR")  # a second driver of the user's own
 types = node_types(sys.argv[2])
 
 def bundle(resources):  # what Tune asks for one trial, as a placement-group bundle
@@ -122,11 +144,35 @@ print(json.dumps(out))
 """
 
 
-def test_the_autoscaler_starts_the_node_type_each_workload_needs(cluster):
+def _image_folder(root, classes: int = 3, train: int = 8, val: int = 3) -> None:
+    """An ImageNet-format tree (<root>/train/<class>/*.png, <root>/val/<class>/*.png) of small real images."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("val", val)):
+        for label in range(classes):
+            folder = root / split / f"n{label:08d}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(rng.normal(60 + 70 * label, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+IMAGENET = {  # ImageNet's format and loader on tiny images; trials on the 4-GPU node type, like imagenet.yaml's
+    "data": {"name": "imagenet", "image_size": 32, "val_fraction": 0.25},
+    "teacher": None,
+    "recipe": {"epochs": 1, "batch_size": 8, "lr": 0.05, "schedule": "constant"},
+    "search": {"num_samples": 1, "space": {}}, "scheduler": {"type": "none"},
+    "resources": {"cpus_per_trial": 1, "gpus_per_trial": 1, "custom_resources": {"gpu4": 1}, "max_failures": 0},
+}
+
+
+def test_the_autoscaler_starts_the_node_type_each_workload_needs(cluster, tmp_path):
     """The shipped experiments' resource requests (single-GPU, fractional-GPU and DDP trials), as the platform
-    derives them, against the real autoscaler and cluster/local.yaml's node types (those of cluster/aws.yaml)."""
+    derives them, against the real autoscaler and cluster/local.yaml's node types (those of cluster/aws.yaml);
+    then data that only the 4-GPU node type holds passes the preflight and trains there, and data missing there
+    fails before anything trains."""
     result = subprocess.run([sys.executable, "-c", PLACEMENT, cluster["address"], os.path.join(CLUSTER, "local.yaml")],
-                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+                            cwd=REPO, env=_env(cluster["home"], **OWN_DRIVER), capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     placed = json.loads(result.stdout.strip().splitlines()[-1])
     assert placed["single"] == ["ray.worker.gpu1"] * 4  # four 1-GPU nodes (local.yaml's most); the fifth waits
@@ -135,9 +181,41 @@ def test_the_autoscaler_starts_the_node_type_each_workload_needs(cluster):
     assert placed["coordinator"] == ["ray.head.default"]  # a DDP trial's driver starts no GPU node of its own
     assert placed["ddp_workers"] == ["ray.worker.gpu4"] * 4 and placed["ddp_worker_nodes"] == 1
 
+    # The guide's GPU probe (cluster/gpu_probe.py): a 1-GPU node is there, and its torch sees no GPU (a fake
+    # node's GPU is advertised, not present); a node type that never comes up ends in its timeout.
+    probe = [sys.executable, os.path.join(CLUSTER, "gpu_probe.py"), "--address", cluster["address"]]
+    seen = subprocess.run(probe + ["gpu1", "--timeout", "240"], cwd=REPO, env=_env(cluster["home"]), capture_output=True, text=True,
+                          timeout=300)
+    assert seen.returncode == 1 and "sees no GPU on the gpu1 node" in seen.stderr, seen.stderr[-3000:]
+    waited = subprocess.run(probe + ["gpu8", "--timeout", "5"], cwd=REPO, env=_env(cluster["home"]),
+                            capture_output=True, text=True, timeout=300)
+    assert waited.returncode == 2 and "no node with gpu8" in waited.stderr, waited.stderr[-3000:]
+
+    # Each fake node's processes carry its type in RAY_NODE_TYPE_NAME: a root under disks/<node type>/ is a disk
+    # only that node type has, as /data/imagenet is on cluster/aws.yaml's gpu4 VMs and not on the head.
+    disks = tmp_path / "disks"
+    _image_folder(disks / "ray.worker.gpu4" / "imagenet")
+    runs = {}
+    for name, folder in (("missing", "absent"), ("imagenet", "imagenet")):
+        experiment = {**deep_update({"name": name, **TINY}, IMAGENET), "loss": {"name": "ce"}}
+        experiment["data"]["root"] = str(disks) + "/${RAY_NODE_TYPE_NAME}/" + folder
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**experiment, "storage_path": str(tmp_path / "experiments")}, sort_keys=False))
+        runs[name] = subprocess.run([sys.executable, "-m", "platform.tune", str(path), "--address", cluster["address"],
+                                     "--no-report"], cwd=REPO, env=_env(cluster["home"]), capture_output=True,
+                                    text=True, timeout=400)
+    missing = runs["missing"]
+    assert missing.returncode == 2, missing.stdout[-3000:] + missing.stderr[-3000:]
+    error = missing.stderr.strip().splitlines()
+    assert len(error) == 1 and "ray.worker.gpu4" in error[0] and str(disks / "ray.worker.gpu4" / "absent") in error[0]
+    assert not (tmp_path / "experiments" / "missing").exists()  # nothing trained, nothing written
+    trained = runs["imagenet"]
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    rows = (tmp_path / "experiments" / "imagenet" / "trials.csv").read_text().splitlines()
+    assert len(rows) == 2 and "test_top1" in rows[0]  # one trial, trained on the data only a gpu4 node has
+
 
 SWEEP = {
-    "data": {"name": "digits"},  # 32x32: a few seconds per epoch, time to lose a node mid-trial
     "recipe": {"epochs": 4, "batch_size": 64, "lr": 0.05, "schedule": "cosine"},
     "teacher": {"model": "resnet8", "recipe": {"epochs": 1, "batch_size": 64, "schedule": "constant"}},
     "teacher_cache": {"enabled": True, "epochs": 1},
@@ -172,27 +250,40 @@ def _trial_processes(temp_dir: str) -> list[int]:
 
 def test_a_sweep_on_s3_and_an_mlflow_server_survives_a_lost_node_and_resumes_on_a_new_head(cluster, tmp_path):
     with s3_server("bickd") as (endpoint, uri), mlflow_server(str(tmp_path), "s3://bickd/mlflow", endpoint) as tracking:
+        # CIFAR-100 as torchvision downloads it, on the head only (4 images per class: a few seconds per epoch,
+        # time to lose a node mid-trial); with a bucket as storage the nodes copy it from there, never download it.
+        head_data = tmp_path / "head-data"
+        rng = np.random.default_rng(0)
+        write_cifar100(str(head_data), rng.integers(0, 256, (400, 3, 32, 32)), list(range(100)) * 4,
+                       rng.integers(0, 256, (100, 3, 32, 32)), list(range(100)), [f"c{i}" for i in range(100)])
         path = tmp_path / "remote.yaml"
-        path.write_text(yaml.safe_dump(deep_update({"name": "remote", **TINY}, SWEEP), sort_keys=False))
+        tree = {**deep_update({"name": "remote", **TINY}, SWEEP),
+                "data": {"name": "cifar100", "root": str(head_data), "download": True}}
+        path.write_text(yaml.safe_dump(tree, sort_keys=False))
         head, node_cache = tmp_path / "head", tmp_path / "node-cache"
-        env = _env(**CREDENTIALS, BICKD_STATE_DIR=str(head), BICKD_CACHE_DIR=str(node_cache))
+        env = _env(cluster["home"], **CREDENTIALS, BICKD_STATE_DIR=str(head), BICKD_CACHE_DIR=str(node_cache))
         command = [sys.executable, "-m", "platform.tune", str(path), "--address", cluster["address"],
                    "--storage", uri("experiments"), "--tracking-uri", tracking]
         driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True)
-        # Lose the node a trial runs on, once a checkpoint of it is in the bucket.
-        lost, deadline = None, time.time() + 400
+        # Once a trial's checkpoint is in the bucket, lose its node the way the guide does: find it in
+        # `local_cluster nodes` (a second driver joining the running cluster), then `local_cluster kill-node`.
+        lost, listed, deadline = None, [], time.time() + 400
         while lost is None and driver.poll() is None and time.time() < deadline:
             checkpoints = [k for k in bucket_keys(endpoint, "bickd", "experiments/remote/") if "/checkpoint_" in k]
             running = _trial_processes(cluster["temp_dir"])
             if checkpoints and running:
                 lost = _node_of(running[0])
-                subprocess.run([sys.executable, "-m", "bickd_tune.local_cluster", "kill-node", lost], check=True,
-                               env=_env(), capture_output=True, timeout=60)
+                shown = _cli(cluster["home"], "nodes", "--port", str(cluster["port"]))
+                assert shown.returncode == 0, shown.stderr[-3000:]
+                listed = json.loads(shown.stdout)
+                killed = _cli(cluster["home"], "kill-node", lost)
+                assert killed.returncode == 0, killed.stderr[-3000:]
             time.sleep(0.3)
         out, _ = driver.communicate(timeout=600)
         assert lost is not None, out[-5000:]
         assert driver.returncode == 0, out[-5000:]
+        assert {"node_id": lost, "type": "ray.worker.gpu1", "alive": True} in listed, listed
 
         # Every trial once in MLflow, each epoch once, one of them restarted from its checkpoint in the bucket.
         client = MlflowClient(tracking)
@@ -221,14 +312,16 @@ def test_a_sweep_on_s3_and_an_mlflow_server_survives_a_lost_node_and_resumes_on_
         assert any(k.startswith("experiments/remote/confirm/experiment_state") for k in keys)
         assert any(k.startswith("experiments/remote/teacher_cache/") and k.endswith("manifest.json") for k in keys)
         assert os.listdir(node_cache / "teacher_cache")  # trials fetched the verified cache to their node
+        # The data set went into the bucket once; the teacher's and the trials' nodes read their checked copy.
+        assert len([k for k in keys if k.startswith("experiments/remote/data/") and k.endswith("/manifest.json")]) == 1
+        assert len(os.listdir(node_cache / "data")) == 1
+        assert all(t.data.params["data.root"].startswith("s3://bickd/experiments/remote/data/cifar100-") for t in trials)
 
         # The autoscaler started 1-GPU nodes only (its own events, as the driver printed them), a second one
         # after the first was lost; the lost one is gone for good.
         launched = re.findall(r"Adding (\d+) node\(s\) of type ([\w.]+?)\.?\s", out)
         assert {kind for _, kind in launched} == {"ray.worker.gpu1"}, launched
-        listed = subprocess.run([sys.executable, "-m", "bickd_tune.local_cluster", "nodes", "--port",
-                                 str(cluster["port"])], env=_env(), capture_output=True, text=True, timeout=120)
-        nodes = json.loads(listed.stdout)
+        nodes = json.loads(_cli(cluster["home"], "nodes", "--port", str(cluster["port"])).stdout)
         assert [n["alive"] for n in nodes if n["node_id"] == lost] == [False]
         assert {n["type"] for n in nodes if n["alive"]} <= {"ray.head.default", "ray.worker.gpu1"}, nodes
 

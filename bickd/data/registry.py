@@ -2,6 +2,7 @@
 registered schema declares; `load_dataset` validates the options first, so a bad option fails with its name."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -78,7 +79,9 @@ def val_fraction_of(data) -> float:
 
 
 def load_data(data) -> ImageData | FolderData:
-    """The data set a `DataConfig` describes (the one way the training code loads data)."""
-    return load_dataset(data.name, root=data.root, download=data.download, image_size=data.image_size,
+    """The data set a `DataConfig` describes (the one way the training code loads data). Environment variables in
+    its root (`$VAR`, `${VAR}`) are those of the process that loads it: a node can hold its data where it likes."""
+    root = os.path.expandvars(data.root) if data.root else data.root
+    return load_dataset(data.name, root=root, download=data.download, image_size=data.image_size,
                         seed=data.seed, val_fraction=data.val_fraction, split_seed=data.split_seed,
                         **data.options)
