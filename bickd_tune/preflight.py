@@ -2,7 +2,8 @@
 writable, data and teacher present.
 
 Each failure is a `ConfigError` with one line saying what and where, so a sweep never dies an hour in
-on something knowable at the start.
+on something knowable at the start. Ray is imported inside the checks that use it: a process sets Ray's
+switches before its first `import ray` (bickd_tune.ray_env.use_loopback).
 """
 from __future__ import annotations
 

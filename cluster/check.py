@@ -9,9 +9,9 @@ has a problem, 2 when a file cannot be read. Nothing is started and no cloud is 
 Ray checks a launcher YAML itself, with the functions `ray up` runs (its JSON schema, its defaults, its node-type
 checks). On top of that, only the rules that guard a breakage users of this project met:
 - a placeholder (REPLACE-...) left in the file;
-- node shapes against the experiments in search_spaces/: each GPU node type advertises gpu<N>: N, the head no
-  CPU and `coordinator` slots, each GPU experiment's trials fill their node type as its GPUs allow, a DDP
-  trial's workers fit on one node and its driver on the head (alone on a GPU node it would start one);
+- node shapes against the experiments in search_spaces/: each GPU node type advertises gpu<N>: N, each GPU
+  experiment's trials fill their node type as its GPUs allow, a DDP trial's workers fit on one node and its
+  driver (a `coordinator` slot by default) on the head, never on a GPU node (alone there it would start one);
 - bf16 experiments on GPUs without bf16 (pre-Ampere instance families);
 - `.git` reaching the head (the runs' git_commit tag);
 - KubeRay: the submission mode that keeps the runtime env intact, CPU and memory requests within the
@@ -51,7 +51,6 @@ CREDENTIAL_PATTERNS = {
 PLACEHOLDER = re.compile(r"\bREPLACE(?:-?[A-Z0-9]+)+\b")
 
 SHAPE = re.compile(r"gpu(\d+)")     # a GPU node type advertises gpu<N>: N, N its GPU count
-COORDINATOR = "coordinator"         # the head's slots for the Tune trials that only drive DDP workers
 RAY_BUILTIN = {"CPU", "GPU", "memory", "object_store_memory"}
 
 # GPUs without bf16 (before Ampere): the instance families and accelerators that carry them. New instance
@@ -132,7 +131,7 @@ def ray_refusal(config: dict[str, Any]) -> str | None:
 
 
 def schema_refusal(config: dict[str, Any]) -> str | None:
-    import jsonschema
+    import jsonschema  # the fallback's own dependencies, only if Ray's functions moved
     import ray.autoscaler
 
     schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text(encoding="utf-8"))
@@ -151,7 +150,7 @@ def launcher_problems(config: dict[str, Any]) -> list[str]:
     head_name = config["head_node_type"]
     head = dict(types[head_name].get("resources") or {})
     workers = {name: dict(t.get("resources") or {}) for name, t in types.items() if name != head_name}
-    problems = shape_problems(head, workers) + experiment_problems(head, workers)
+    problems = shape_problems(workers) + experiment_problems(head, workers)
     cloud = config["provider"].get("type")
     if cloud != FAKE_PROVIDER:  # fake nodes share this machine's files: nothing is synced
         problems += bf16_problems(cloud, config) + git_problems(config)
@@ -212,7 +211,7 @@ def node_shape(resources: dict[str, Any]) -> str | None:
 @functools.cache
 def gpu_experiments() -> dict[str, Any]:
     """File name -> validated experiment, for the experiments of search_spaces/ that train on GPUs."""
-    from bickd_tune.experiment import load_experiment
+    from bickd_tune.experiment import load_experiment  # the project (and torch) only when a rule needs them
 
     loaded = {path.name: load_experiment(str(path)) for path in sorted(EXPERIMENTS.glob("*.yaml"))}
     return {name: e for name, e in loaded.items() if e.resources.gpus_per_trial > 0}
@@ -228,8 +227,9 @@ def fits(node: dict[str, float], bundle: dict[str, float]) -> int:
     return int(min((node.get(name, 0) / amount for name, amount in needs.items()), default=10**6) + 1e-9)
 
 
-def shape_problems(head: dict[str, float], workers: dict[str, dict[str, float]]) -> list[str]:
-    """Each GPU type advertises exactly gpu<N>: N for its N GPUs; the head no CPU, and `coordinator` slots."""
+def shape_problems(workers: dict[str, dict[str, float]]) -> list[str]:
+    """Each GPU type advertises exactly gpu<N>: N for its N GPUs: with GPU alone Ray's bin-packing would put
+    seven waiting 1-GPU trials on a new 4-GPU node."""
     problems = []
     for name, resources in workers.items():
         custom = {k: v for k, v in resources.items() if k not in RAY_BUILTIN}
@@ -237,10 +237,6 @@ def shape_problems(head: dict[str, float], workers: dict[str, dict[str, float]])
         if gpus and custom != {f"gpu{gpus:g}": gpus}:
             problems.append(f"{name}: advertise exactly one shape resource, gpu{gpus:g}: {gpus:g} (its GPU count), "
                             f"so that trials steer to it; got {custom}")
-    if head.get("CPU") != 0:
-        problems.append(f"head: advertise CPU 0 so that no trial runs there (got {head.get('CPU')})")
-    if head.get(COORDINATOR, 0) < 1:
-        problems.append(f"head: advertise `{COORDINATOR}` slots for the Tune trials that drive DDP workers")
     return problems
 
 
@@ -266,7 +262,8 @@ def experiment_problems(head: dict[str, float], workers: dict[str, dict[str, flo
         if r.num_workers:
             driver = dict(r.coordinator_resources)
             if fits(head, driver) < 1:
-                problems.append(f"{name}: the head cannot hold the trial that drives its DDP workers ({driver})")
+                problems.append(f"{name}: the head cannot hold the trial that drives its DDP workers ({driver}); "
+                                "the autoscaler would start a node for it")
             problems += [f"{name}: the trial that drives its DDP workers ({driver}) fits {t}: alone it would start "
                          "that GPU node" for t, res in workers.items() if fits(res, driver) >= 1]
     return problems
@@ -282,7 +279,7 @@ def kuberay_problems(job: dict[str, Any]) -> list[str]:
     groups = pod_groups(spec["rayClusterSpec"])
     resources = {name: ray_resources(group, pod) for name, (group, pod) in groups.items()}
     head = resources.pop("head")
-    problems += shape_problems(head, resources) + experiment_problems(head, resources)
+    problems += shape_problems(resources) + experiment_problems(head, resources)
     for name, (group, pod) in groups.items():
         problems += pod_problems(name, group, pod)
     return problems
@@ -290,7 +287,7 @@ def kuberay_problems(job: dict[str, Any]) -> list[str]:
 
 def runtime_env_problems(spec: dict[str, Any]) -> list[str]:
     """A runtime env Ray accepts, that the platform's own ray.init can add to, and that reaches Ray intact."""
-    from ray.runtime_env import RuntimeEnv
+    from ray.runtime_env import RuntimeEnv  # Ray and the project only for a RayJob
 
     from bickd_tune.ray_env import joined_runtime_env
 

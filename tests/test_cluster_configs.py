@@ -93,9 +93,10 @@ BROKEN = {
                                                              "acceleratorCount": 1}]), "without bf16"),
     "a GPU type without its shape resource": (
         "aws.yaml", lambda c: _workers(c, 1)["resources"].pop("gpu1"), "advertise exactly one shape resource"),
-    "a head that runs trials": ("local.yaml", lambda c: _head(c)["resources"].update(CPU=8), "head: advertise CPU 0"),
     "a head without coordinator slots": (
-        "azure.yaml", lambda c: _head(c)["resources"].pop("coordinator"), "head: advertise `coordinator`"),
+        "azure.yaml", lambda c: _head(c)["resources"].pop("coordinator"), "the head cannot hold the trial that drives"),
+    "a DDP driver that fits a GPU node": (
+        "local.yaml", lambda c: _workers(c, 4)["resources"].update(coordinator=1), "alone it would start that GPU node"),
     "one CIFAR trial per GPU node": (
         "aws.yaml", lambda c: _workers(c, 1)["resources"].update(CPU=5), "holds 1 trials of cifar.yaml"),
     "ImageNet's DDP workers split over nodes": (
