@@ -181,29 +181,32 @@ def test_the_autoscaler_starts_the_node_type_each_workload_needs(cluster, tmp_pa
     assert placed["coordinator"] == ["ray.head.default"]  # a DDP trial's driver starts no GPU node of its own
     assert placed["ddp_workers"] == ["ray.worker.gpu4"] * 4 and placed["ddp_worker_nodes"] == 1
 
-    # The guide's GPU probe (cluster/gpu_probe.py): a 1-GPU node is there, and its torch sees no GPU (a fake
-    # node's GPU is advertised, not present); a node type that never comes up ends in its timeout.
-    probe = [sys.executable, os.path.join(CLUSTER, "gpu_probe.py"), "--address", cluster["address"]]
-    seen = subprocess.run(probe + ["gpu1", "--timeout", "240"], cwd=REPO, env=_env(cluster["home"]), capture_output=True, text=True,
-                          timeout=300)
-    assert seen.returncode == 1 and "sees no GPU on the gpu1 node" in seen.stderr, seen.stderr[-3000:]
-    waited = subprocess.run(probe + ["gpu8", "--timeout", "5"], cwd=REPO, env=_env(cluster["home"]),
-                            capture_output=True, text=True, timeout=300)
-    assert waited.returncode == 2 and "no node with gpu8" in waited.stderr, waited.stderr[-3000:]
-
     # Each fake node's processes carry its type in RAY_NODE_TYPE_NAME: a root under disks/<node type>/ is a disk
     # only that node type has, as /data/imagenet is on cluster/aws.yaml's gpu4 VMs and not on the head.
     disks = tmp_path / "disks"
     _image_folder(disks / "ray.worker.gpu4" / "imagenet")
-    runs = {}
+    commands = {}
     for name, folder in (("missing", "absent"), ("imagenet", "imagenet")):
         experiment = {**deep_update({"name": name, **TINY}, IMAGENET), "loss": {"name": "ce"}}
         experiment["data"]["root"] = str(disks) + "/${RAY_NODE_TYPE_NAME}/" + folder
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump({**experiment, "storage_path": str(tmp_path / "experiments")}, sort_keys=False))
-        runs[name] = subprocess.run([sys.executable, "-m", "platform.tune", str(path), "--address", cluster["address"],
-                                     "--no-report"], cwd=REPO, env=_env(cluster["home"]), capture_output=True,
-                                    text=True, timeout=400)
+        commands[name] = [sys.executable, "-m", "platform.tune", str(path), "--address", cluster["address"], "--no-report"]
+    # The guide's GPU probe (cluster/gpu_probe.py): a 1-GPU node is there, and its torch sees no GPU (a fake
+    # node's GPU is advertised, not present); a node type that never comes up ends in its timeout. These two
+    # and the run whose data is missing are drivers of their own, side by side on the cluster.
+    probe = [sys.executable, os.path.join(CLUSTER, "gpu_probe.py"), "--address", cluster["address"]]
+    commands.update(seen=probe + ["gpu1", "--timeout", "240"], waited=probe + ["gpu8", "--timeout", "5"])
+    started = {name: subprocess.Popen(command, cwd=REPO, env=_env(cluster["home"]), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True)
+               for name, command in commands.items() if name != "imagenet"}
+    runs = {name: subprocess.CompletedProcess(process.args, process.wait(timeout=400), *process.communicate())
+            for name, process in started.items()}
+    runs["imagenet"] = subprocess.run(commands["imagenet"], cwd=REPO, env=_env(cluster["home"]), capture_output=True,
+                                      text=True, timeout=400)
+    seen, waited = runs["seen"], runs["waited"]
+    assert seen.returncode == 1 and "sees no GPU on the gpu1 node" in seen.stderr, seen.stderr[-3000:]
+    assert waited.returncode == 2 and "no node with gpu8" in waited.stderr, waited.stderr[-3000:]
     missing = runs["missing"]
     assert missing.returncode == 2, missing.stdout[-3000:] + missing.stderr[-3000:]
     error = missing.stderr.strip().splitlines()
