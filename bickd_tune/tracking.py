@@ -5,9 +5,15 @@ non-float metrics silently, and after `Tuner.restore` opens a second run for a t
 Here every run is found again by tags (experiment folder, trial id) before one is created, and a metric
 step already in the store is never logged twice, so a resume neither duplicates runs nor steps.
 All logging goes through `MlflowClient` with explicit run ids: no fluent, process-global active run.
+
+At the size of a real search (a thousand trials, tens of results a second) the driver must not wait on the store
+for every result: trial runs are written by one background thread (`store_writer.BackgroundWriter`) that groups
+what piled up per run into `log_batch` calls, and the driver waits for it only where an order must hold (see
+`TrialLogger`). Every query that can return many runs pages through them (`search_all_runs`): no silent cap.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import subprocess
@@ -15,11 +21,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from bickd_tune.ray_env import PACKAGE_ROOT
+from bickd_tune.store_writer import BackgroundWriter
 
 OUR_METRIC_PREFIXES = ("train/", "val/", "test/", "time/", "teacher/")
 # MLflow 3 opens an experiment without this tag in its GenAI view; ours are model-training experiments.
@@ -29,6 +36,18 @@ TAG_KIND = "bickd.kind"
 TAG_TRIAL_ID = "ray.trial_id"
 TAG_STAGE = "stage"  # a trial's Tune run: search, ablation or confirm (the confirmation after a search)
 
+# Runs per page of a search. MLflow's own default page size; one page of our trial runs (each with ~100 params)
+# is a few MB, and a server refuses pages over 50,000. The loop in `search_all_runs`, not the size, is what
+# makes every run count: read at call time, so a test can force a small page.
+RUNS_PAGE_SIZE = 1000
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limits for one log_batch call
+MAX_PARAMS_PER_BATCH = 100
+MAX_TAGS_PER_BATCH = 100
+# The writer's queue holds whole results (~25 metrics each): 10,000 are minutes of a busy sweep's results, a
+# few MB. Past that the driver waits for the store instead of holding more.
+WRITER_MAX_QUEUED = 10_000
+WRITER_MAX_BATCH = 1_000  # results taken from the queue at once (then grouped per run into log_batch calls)
+
 
 def stage_of(run, main: str) -> str:
     """A trial run's stage; runs logged before stages were tagged belong to the experiment's `main` stage
@@ -36,6 +55,7 @@ def stage_of(run, main: str) -> str:
     return run.data.tags.get(TAG_STAGE) or main
 
 
+@functools.cache  # once per process, not once per trial run
 def git_commit() -> str:
     """The commit being run: BICKD_GIT_COMMIT where the code came without .git (a KubeRay archive), else git's."""
     if os.environ.get("BICKD_GIT_COMMIT"):
@@ -56,6 +76,24 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[path] = value
     return flat
+
+
+def search_all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str = "",
+                    page_size: int | None = None) -> list[Run]:
+    """Every run matching `filter_string`, page after page (MLflow's `search_runs` returns at most one page).
+
+    Oldest first: runs created while the pages are read land after those already read, so none is skipped.
+    A list, not a generator: callers that change runs (delete, retag) must not do so between pages.
+    """
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string, order_by=["attributes.start_time ASC"],
+                                  max_results=page_size or RUNS_PAGE_SIZE, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 def metrics_of(result: dict[str, Any]) -> dict[str, float]:
@@ -123,9 +161,10 @@ class Tracker:
             if run.info.status == "RUNNING":
                 self.finish(run.info.run_id, status)
 
-    def trial_runs(self):
+    def trial_runs(self) -> list[Run]:
+        """Every trial run of this experiment (all pages)."""
         query = f"tags.`{TAG_EXPERIMENT}` = '{self.identity}' and tags.`{TAG_KIND}` = 'trial'"
-        return self.client.search_runs([self.experiment_id], filter_string=query, max_results=5000)
+        return search_all_runs(self.client, [self.experiment_id], query)
 
     def retire_runs_of_other_trials(self, is_ours: Callable[[str], bool], stage: str) -> int:
         """After a resume from a hard kill: trials started after Tune's last state snapshot were run again
@@ -142,14 +181,21 @@ class Tracker:
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
-        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(run_id, params=items[start:start + 100])
+        for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, params=items[start:start + MAX_PARAMS_PER_BATCH])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        items = [Metric(k, v, now, step) for k, v in metrics.items()]
-        for start in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[start:start + 1000])
+        self.write_metrics(run_id, [Metric(k, v, now, step) for k, v in metrics.items()])
+
+    def write_metrics(self, run_id: str, metrics: list[Metric]) -> None:
+        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
+
+    def write_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        items = [RunTag(k, v) for k, v in tags.items()]
+        for start in range(0, len(items), MAX_TAGS_PER_BATCH):
+            self.client.log_batch(run_id, tags=items[start:start + MAX_TAGS_PER_BATCH])
 
     def last_step(self, run_id: str, metric: str = "train/loss") -> int:
         history = self.client.get_metric_history(run_id, metric)
@@ -163,7 +209,21 @@ class Tracker:
 
 
 class TrialLogger(Callback):
-    """Tune callback: a nested MLflow run per trial, every epoch as a step, final metrics and status."""
+    """Tune callback: a nested MLflow run per trial, every epoch as a step, final metrics and status.
+
+    The callbacks run in Tune's driver loop and only queue what to write; `_TrialRuns` writes it from a
+    background thread. The driver waits for the writes of a trial (drains) where Tune is about to make them
+    part of what a resume relies on:
+    - `on_checkpoint`: Tune registers a trial's checkpoint right after this callback, and the next experiment
+      state it saves names it. A resume restarts the trial from that checkpoint and never reports the epochs
+      before it again, so those epochs must be in the store first. (A resume reads the last stored step back,
+      so steps written beyond the checkpoint are not logged twice either.)
+    - `on_trial_complete` / `on_trial_error`: a finished trial is never run again, so its final metrics and
+      status must be stored before Tune's state says it finished.
+    - `on_experiment_end` (the end, Ctrl+C, or an error in Tune's loop): everything, then the thread stops,
+      before the runner reads the runs back or marks unfinished ones KILLED.
+    A write that failed in the thread is raised here, at the next callback.
+    """
 
     def __init__(self, tracker: Tracker, parent_run_id: str, describe: Callable[[dict[str, Any]], tuple[str, dict]],
                  max_epochs: int, tags: dict[str, str]):
@@ -172,68 +232,122 @@ class TrialLogger(Callback):
         self.describe = describe  # trial config -> (run name, full trial config as a dict)
         self.max_epochs = max_epochs
         self.tags = tags
-        self.runs: dict[str, str] = {}
-        self.logged_up_to: dict[str, int] = {}
         self.last_result: dict[str, dict[str, Any]] = {}
+        self._writer: BackgroundWriter | None = None
+        self._last_write: dict[str, int] = {}  # trial id -> sequence number of its last queued write
 
     def __getstate__(self) -> dict[str, Any]:
-        # After a resume, runs and logged steps are read back from the store, not from a stale pickle.
-        return {**self.__dict__, "runs": {}, "logged_up_to": {}, "last_result": {}}
+        # Tune pickles its callbacks with the experiment. A thread and a queue cannot be pickled, and after a
+        # resume the runs and logged steps are read back from the store, not from a stale pickle.
+        return {**self.__dict__, "last_result": {}, "_writer": None, "_last_write": {}}
 
-    def _run_for(self, trial) -> str:
-        if trial.trial_id in self.runs:
-            return self.runs[trial.trial_id]
-        run_id = self.tracker.find_run(**{TAG_TRIAL_ID: trial.trial_id})
-        if run_id is None:
-            name, params = self.describe(trial.config)
-            run = self.tracker.client.create_run(self.tracker.experiment_id, run_name=name, tags={
-                "mlflow.parentRunId": self.parent_run_id, TAG_EXPERIMENT: self.tracker.identity,
-                TAG_KIND: "trial", TAG_TRIAL_ID: trial.trial_id, "git_commit": git_commit(), **self.tags})
-            run_id = run.info.run_id
-            self.tracker.log_params(run_id, params)
-            self.logged_up_to[trial.trial_id] = 0
-        else:  # a resumed experiment: keep the run, continue after its last step
-            self.tracker.client.update_run(run_id, status="RUNNING")
-            self.logged_up_to[trial.trial_id] = self.tracker.last_step(run_id)
-        self.runs[trial.trial_id] = run_id
-        return run_id
+    def _queue(self, trial, op: str, *args: Any) -> None:
+        if self._writer is None:
+            runs = _TrialRuns(self.tracker, self.parent_run_id, self.describe, self.tags)
+            self._writer = BackgroundWriter(runs.apply, name="mlflow-trial-writer", max_queued=WRITER_MAX_QUEUED,
+                                            max_batch=WRITER_MAX_BATCH)
+        self._last_write[trial.trial_id] = self._writer.submit((op, trial.trial_id, trial.config, *args))
+
+    def _drain(self, trial) -> None:
+        """Waits until every write queued for `trial` is in the store."""
+        if self._writer is not None and trial.trial_id in self._last_write:
+            self._writer.wait(self._last_write[trial.trial_id])
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._run_for(trial)
+        self._queue(trial, "open")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self._run_for(trial)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         self.last_result[trial.trial_id] = result
-        if step <= self.logged_up_to.get(trial.trial_id, 0):
-            return  # already in the store (the trial was restarted from an earlier checkpoint)
-        self.tracker.log_metrics(run_id, metrics_of(result), step)
-        self.logged_up_to[trial.trial_id] = step
+        self._queue(trial, "metrics", step, int(time.time() * 1000), metrics_of(result))
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        self._drain(trial)  # before Tune registers this checkpoint: see the class's docstring
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """A failed trial that Tune restarts from its last checkpoint (FailureConfig.max_failures)."""
-        run_id = self._run_for(trial)
-        reason = _error_line(trial)[:500]
-        self.tracker.client.set_tag(run_id, "restarts", str(trial.num_failures))
-        self.tracker.client.set_tag(run_id, "last_failure", reason)
+        self._queue(trial, "tags", {"restarts": str(trial.num_failures), "last_failure": _error_line(trial)[:500]})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self._run_for(trial)
-        result = self.last_result.get(trial.trial_id) or trial.last_result or {}
+        result = self.last_result.pop(trial.trial_id, None) or trial.last_result or {}
         epochs = int(result.get("epoch", 0))
         # The final model's validation and test figures: what the summary and report compare trials by.
         final = {f"final/{k}": v for k, v in metrics_of(result).items() if k.startswith(("val/", "test/"))}
         final["final/epochs"] = float(epochs)
-        self.tracker.log_metrics(run_id, final, epochs)
         reason = "completed" if epochs >= self.max_epochs else "stopped early by the scheduler"
-        self.tracker.client.set_tag(run_id, "stop_reason", reason)
-        self.tracker.finish(run_id, "FINISHED")
+        self._queue(trial, "finish", epochs, int(time.time() * 1000), final, {"stop_reason": reason}, "FINISHED")
+        self._drain(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self._run_for(trial)
-        message = _error_line(trial)
-        self.tracker.client.set_tag(run_id, "stop_reason", f"failed: {message}"[:5000])
-        self.tracker.finish(run_id, "FAILED")
+        self.last_result.pop(trial.trial_id, None)
+        reason = f"failed: {_error_line(trial)}"[:5000]
+        self._queue(trial, "finish", 0, int(time.time() * 1000), {}, {"stop_reason": reason}, "FAILED")
+        self._drain(trial)
+
+    def on_experiment_end(self, trials, **info):
+        writer, self._writer = self._writer, None
+        self._last_write = {}
+        if writer is not None:
+            writer.close()
+
+
+class _TrialRuns:
+    """The writer thread's side of `TrialLogger`: finds or creates each trial's run and writes what was queued.
+
+    Runs are found again by the trial-id tag (a resumed experiment), read once per Tune run from the store;
+    a step at or below the last one stored for a run is not written again (a trial restarted from an earlier
+    checkpoint reports it a second time).
+    """
+
+    def __init__(self, tracker: Tracker, parent_run_id: str, describe, tags: dict[str, str]):
+        self.tracker, self.parent_run_id, self.describe, self.tags = tracker, parent_run_id, describe, tags
+        self.runs: dict[str, str] = {}           # trial id -> run id
+        self.logged_up_to: dict[str, int] = {}   # trial id -> last step in the store
+        self._stored: dict[str, str] | None = None  # trial id -> run id of runs already in the store
+
+    def apply(self, items: list[tuple]) -> None:
+        """Writes `items` in order; consecutive metrics of a run go out together, and a run's pending metrics
+        are written before anything else of that run (so a status never precedes the steps before it)."""
+        pending: dict[str, list[Metric]] = {}
+        for op, trial_id, config, *args in items:
+            run_id = self._run_for(trial_id, config)
+            if op == "metrics":
+                step, timestamp, metrics = args
+                if step <= self.logged_up_to[trial_id]:
+                    continue  # already in the store (the trial was restarted from an earlier checkpoint)
+                pending.setdefault(run_id, []).extend(Metric(k, v, timestamp, step) for k, v in metrics.items())
+                self.logged_up_to[trial_id] = step
+                continue
+            self.tracker.write_metrics(run_id, pending.pop(run_id, []))
+            if op == "tags":
+                self.tracker.write_tags(run_id, args[0])
+            elif op == "finish":
+                step, timestamp, metrics, tags, status = args
+                self.tracker.write_metrics(run_id, [Metric(k, v, timestamp, step) for k, v in metrics.items()])
+                self.tracker.write_tags(run_id, tags)
+                self.tracker.finish(run_id, status)
+        for run_id, metrics in pending.items():
+            self.tracker.write_metrics(run_id, metrics)
+
+    def _run_for(self, trial_id: str, config: dict[str, Any]) -> str:
+        if trial_id in self.runs:
+            return self.runs[trial_id]
+        if self._stored is None:  # one paged read instead of a search per trial
+            self._stored = {run.data.tags.get(TAG_TRIAL_ID): run.info.run_id for run in self.tracker.trial_runs()}
+        run_id = self._stored.get(trial_id)
+        if run_id is None:
+            name, params = self.describe(config)
+            run = self.tracker.client.create_run(self.tracker.experiment_id, run_name=name, tags={
+                "mlflow.parentRunId": self.parent_run_id, TAG_EXPERIMENT: self.tracker.identity,
+                TAG_KIND: "trial", TAG_TRIAL_ID: trial_id, "git_commit": git_commit(), **self.tags})
+            run_id = run.info.run_id
+            self.tracker.log_params(run_id, params)
+            self.logged_up_to[trial_id] = 0
+        else:  # a resumed experiment: keep the run, continue after its last step
+            self.tracker.client.update_run(run_id, status="RUNNING")
+            self.logged_up_to[trial_id] = self.tracker.last_step(run_id)
+        self.runs[trial_id] = run_id
+        return run_id
 
 
 def _error_line(trial) -> str:
