@@ -1,17 +1,28 @@
-"""Real servers for the cluster tests, on 127.0.0.1 only: an S3 API (moto's server mode) and an MLflow
-tracking server whose artifact store is a bucket of it. Each is stopped by the test that started it."""
+"""Real servers for the cluster tests, on 127.0.0.1 only: an S3 API (moto's server mode), a PostgreSQL server
+(the binaries the `pgserver` package ships), and an MLflow tracking server on a SQLite or PostgreSQL backend with
+its artifacts in a bucket or a folder. Each is stopped by the test that started it, by its process id."""
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import pwd
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+SERVER_START_S = 120  # a server that is not answering by then has failed (a busy 2-core machine included)
+SERVER_STOP_S = 30    # a server still running this long after its stop signal is killed
+# PostgreSQL refuses to run as root (initdb and postgres exit at once): when the tests run as root (CI does),
+# its processes run as this unprivileged account, which every Debian-like system has.
+POSTGRES_ACCOUNT = "nobody"
 
 
 def free_port() -> int:
@@ -53,19 +64,90 @@ def bucket_keys(endpoint: str, bucket: str, prefix: str = "") -> list[str]:
 
 
 @contextmanager
-def mlflow_server(folder: str, artifacts: str, s3_endpoint: str):
-    """A real `mlflow server` process (SQLite backend, artifacts in `artifacts`); yields its URL."""
+def postgres_server(database: str = "mlflow", durable: bool = False):
+    """A real PostgreSQL server on 127.0.0.1 in a data folder of its own, with an empty database `database`;
+    yields its SQLAlchemy URI. Stopped by its process id (a fast shutdown), then its folder is removed.
+
+    The binaries come from the `pgserver` wheel (PyPI; PostgreSQL 16), run directly rather than through its
+    Python layer, which as root would add a system user and open up the permissions of every parent folder.
+    `durable=False` turns off fsync and friends: a test's server need not survive a power cut.
+    """
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None:
+        raise RuntimeError("PostgreSQL tests need the `pgserver` package: pip install -e '.[test]'")
+    binaries = os.path.join(spec.submodule_search_locations[0], "pginstall", "bin")
+    folder = tempfile.mkdtemp(prefix="bickd-pg-")  # not under pytest's tmp folder: only root may enter that
+    as_account = {}
+    if os.geteuid() == 0:
+        account = pwd.getpwnam(POSTGRES_ACCOUNT)
+        os.chown(folder, account.pw_uid, account.pw_gid)
+        as_account = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+    data, log_path, port = os.path.join(folder, "data"), os.path.join(folder, "postgres.log"), free_port()
+    process = None
+    try:
+        initdb = subprocess.run([os.path.join(binaries, "initdb"), "-D", data, "-U", "postgres", "--auth=trust",
+                                 "--encoding=UTF8", "--no-sync"], capture_output=True, text=True,
+                                timeout=SERVER_START_S, cwd=folder, **as_account)
+        if initdb.returncode != 0:
+            raise RuntimeError(f"initdb failed: {initdb.stdout[-1000:]}{initdb.stderr[-2000:]}")
+        settings = [] if durable else ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(
+                [os.path.join(binaries, "postgres"), "-D", data, "-h", "127.0.0.1", "-p", str(port), "-k", folder,
+                 *settings], stdout=log, stderr=subprocess.STDOUT, cwd=folder, **as_account)
+        _create_database(process, port, database, log_path)
+        yield f"postgresql://postgres@127.0.0.1:{port}/{database}"
+    finally:
+        if process is not None:
+            _stop(process, signal.SIGINT)  # SIGINT: PostgreSQL's fast shutdown
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _create_database(process: subprocess.Popen, port: int, database: str, log_path: str) -> None:
+    import psycopg  # optional: the test extra's PostgreSQL driver, needed by the PostgreSQL tests only
+
+    deadline = time.time() + SERVER_START_S
+    while True:
+        try:
+            connection = psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
+                                         connect_timeout=5, autocommit=True)  # CREATE DATABASE: no transaction
+            break
+        except psycopg.OperationalError:
+            if time.time() > deadline or process.poll() is not None:
+                raise RuntimeError(f"postgres did not start: {open(log_path).read()[-2000:]}") from None
+            time.sleep(0.3)
+    with connection:
+        connection.execute(f'CREATE DATABASE "{database}"')
+
+
+def _stop(process: subprocess.Popen, stop_signal: int = signal.SIGTERM) -> None:
+    process.send_signal(stop_signal)
+    try:
+        process.wait(timeout=SERVER_STOP_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=SERVER_STOP_S)
+
+
+@contextmanager
+def mlflow_server(folder: str, artifacts: str, s3_endpoint: str | None = None, backend_store_uri: str | None = None):
+    """A real `mlflow server` process with artifacts in `artifacts` (a bucket of the S3 server at `s3_endpoint`,
+    or a folder) and its runs in `backend_store_uri` (default: a SQLite file in `folder`); yields its URL."""
     port = free_port()
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    backend = backend_store_uri or f"sqlite:///{os.path.join(folder, 'mlflow-server.db')}"
+    env = {**os.environ, **CREDENTIALS, **({"MLFLOW_S3_ENDPOINT_URL": s3_endpoint} if s3_endpoint else {}),
+           # MLflow 3 starts job-runner processes beside the server (GenAI jobs, unused here) that outlive a
+           # stop by the server's process id for a while: not started, nothing of the server is left behind.
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log = open(os.path.join(folder, "mlflow-server.log"), "w")
     process = subprocess.Popen(
         [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{os.path.join(folder, 'mlflow-server.db')}",
-         "--artifacts-destination", artifacts],
-        env={**os.environ, **CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}, stdout=log, stderr=subprocess.STDOUT)
+         "--backend-store-uri", backend, "--artifacts-destination", artifacts],
+        env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + SERVER_START_S
         while True:
             try:
                 urllib.request.urlopen(url + "/health", timeout=2)
@@ -76,9 +158,5 @@ def mlflow_server(folder: str, artifacts: str, s3_endpoint: str):
                 time.sleep(0.5)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        _stop(process)
         log.close()
