@@ -277,12 +277,14 @@ class TrialLogger(Callback):
         reason = "completed" if epochs >= self.max_epochs else "stopped early by the scheduler"
         self._queue(trial, "finish", epochs, int(time.time() * 1000), final, {"stop_reason": reason}, "FINISHED")
         self._drain(trial)
+        self._last_write.pop(trial.trial_id, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.last_result.pop(trial.trial_id, None)
         reason = f"failed: {_error_line(trial)}"[:5000]
         self._queue(trial, "finish", 0, int(time.time() * 1000), {}, {"stop_reason": reason}, "FAILED")
         self._drain(trial)
+        self._last_write.pop(trial.trial_id, None)
 
     def on_experiment_end(self, trials, **info):
         writer, self._writer = self._writer, None

@@ -10,6 +10,7 @@ import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -75,13 +76,16 @@ def postgres_server(database: str = "mlflow", durable: bool = False):
     spec = importlib.util.find_spec("pgserver")
     if spec is None:
         raise RuntimeError("PostgreSQL tests need the `pgserver` package: pip install -e '.[test]'")
-    binaries = os.path.join(spec.submodule_search_locations[0], "pginstall", "bin")
+    install = os.path.join(spec.submodule_search_locations[0], "pginstall")
     folder = tempfile.mkdtemp(prefix="bickd-pg-")  # not under pytest's tmp folder: only root may enter that
     as_account = {}
     if os.geteuid() == 0:
         account = pwd.getpwnam(POSTGRES_ACCOUNT)
         os.chown(folder, account.pw_uid, account.pw_gid)
         as_account = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        if not _open_to_others(install):  # e.g. a checkout inside a private folder: a copy the account can run
+            install = shutil.copytree(install, os.path.join(folder, "pginstall"), symlinks=True)
+    binaries = os.path.join(install, "bin")
     data, log_path, port = os.path.join(folder, "data"), os.path.join(folder, "postgres.log"), free_port()
     process = None
     try:
@@ -101,6 +105,18 @@ def postgres_server(database: str = "mlflow", durable: bool = False):
         if process is not None:
             _stop(process, signal.SIGINT)  # SIGINT: PostgreSQL's fast shutdown
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _open_to_others(path: str) -> bool:
+    """Whether any account may reach `path` (every folder above it searchable by others)."""
+    path = os.path.abspath(path)
+    while True:
+        if not os.stat(path).st_mode & stat.S_IXOTH:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
 
 
 def _create_database(process: subprocess.Popen, port: int, database: str, log_path: str) -> None:
