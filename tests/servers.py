@@ -76,7 +76,8 @@ def postgres_server(database: str = "mlflow", durable: bool = False):
     spec = importlib.util.find_spec("pgserver")
     if spec is None:
         raise RuntimeError("PostgreSQL tests need the `pgserver` package: pip install -e '.[test]'")
-    install = os.path.join(spec.submodule_search_locations[0], "pginstall")
+    package = spec.submodule_search_locations[0]
+    install = os.path.join(package, "pginstall")
     folder = tempfile.mkdtemp(prefix="bickd-pg-")  # not under pytest's tmp folder: only root may enter that
     as_account = {}
     if os.geteuid() == 0:
@@ -84,7 +85,7 @@ def postgres_server(database: str = "mlflow", durable: bool = False):
         os.chown(folder, account.pw_uid, account.pw_gid)
         as_account = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
         if not _open_to_others(install):  # e.g. a checkout inside a private folder: a copy the account can run
-            install = shutil.copytree(install, os.path.join(folder, "pginstall"), symlinks=True)
+            install = _copy_binaries(package, os.path.join(folder, "site"))
     binaries = os.path.join(install, "bin")
     data, log_path, port = os.path.join(folder, "data"), os.path.join(folder, "postgres.log"), free_port()
     process = None
@@ -117,6 +118,17 @@ def _open_to_others(path: str) -> bool:
         if parent == path:
             return True
         path = parent
+
+
+def _copy_binaries(package: str, into: str) -> str:
+    """Copies the wheel's PostgreSQL with the shared libraries beside it (the binaries find them at
+    `$ORIGIN/../../../pgserver.libs`); returns the copy's install folder."""
+    install = shutil.copytree(os.path.join(package, "pginstall"), os.path.join(into, "pgserver", "pginstall"),
+                              symlinks=True)
+    libraries = os.path.join(os.path.dirname(package), "pgserver.libs")
+    if os.path.isdir(libraries):
+        shutil.copytree(libraries, os.path.join(into, "pgserver.libs"), symlinks=True)
+    return install
 
 
 def _create_database(process: subprocess.Popen, port: int, database: str, log_path: str) -> None:
