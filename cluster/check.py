@@ -36,7 +36,8 @@ import yaml
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = CHECKOUT / "search_spaces"
-FAKE_PROVIDER = "fake_multinode"   # cluster/local.yaml: "nodes" are processes on this machine
+# cluster/local.yaml: "nodes" are processes on this machine (Ray's fake provider, or the project's version of it)
+LOCAL_PROVIDERS = ("fake_multinode", "bickd_tune.local_provider.LocalNodeProvider")
 
 # A credential's value written into a file. The one definition: tests/test_security.py scans every file with it.
 CREDENTIAL_PATTERNS = {
@@ -121,7 +122,7 @@ def ray_refusal(config: dict[str, Any]) -> str | None:
     except ImportError:
         return schema_refusal(config)
     try:
-        if config["provider"].get("type") == FAKE_PROVIDER:  # no defaults shipped for it: validation only
+        if on_this_machine(config):  # no defaults shipped for it: validation only
             validate_config(copy.deepcopy(config))
         else:
             validate_config(prepare_config(copy.deepcopy(config)))
@@ -151,10 +152,14 @@ def launcher_problems(config: dict[str, Any]) -> list[str]:
     head = dict(types[head_name].get("resources") or {})
     workers = {name: dict(t.get("resources") or {}) for name, t in types.items() if name != head_name}
     problems = shape_problems(workers) + experiment_problems(head, workers)
-    cloud = config["provider"].get("type")
-    if cloud != FAKE_PROVIDER:  # fake nodes share this machine's files: nothing is synced
-        problems += bf16_problems(cloud, config) + git_problems(config)
+    if not on_this_machine(config):  # fake nodes share this machine's files: nothing is synced
+        problems += bf16_problems(config["provider"].get("type"), config) + git_problems(config)
     return problems
+
+
+def on_this_machine(config: dict[str, Any]) -> bool:
+    provider = config["provider"]
+    return provider.get("type") in LOCAL_PROVIDERS or provider.get("module") in LOCAL_PROVIDERS
 
 
 def bf16_problems(cloud: str, config: dict[str, Any]) -> list[str]:
