@@ -19,11 +19,11 @@ from bickd_tune.experiment import ExperimentConfig
 from bickd_tune.paths import ExperimentPaths
 from bickd_tune.storage import Storage, failure, for_a_check, without_query
 
-PREFLIGHT_EXPERIMENT = "bickd-preflight"
+PREFLIGHT_EXPERIMENT = "bickd-preflight"  # where the artifact-store check writes (its runs are deleted)
 # Ray names a node's type in its label ray.io/node-group (set from RAY_NODE_TYPE_NAME, which the autoscaler,
 # KubeRay and the fake multi-node provider give every node they start).
 NODE_GROUP_LABEL, NODE_TYPE_ENV = "ray.io/node-group", "RAY_NODE_TYPE_NAME"
-PROBE_SLIVER = 0.001  # of a resource, for a check that must land on a node type without waiting for a free slot  # where the artifact-store check writes (its runs are deleted)
+PROBE_SLIVER = 0.001  # of a resource, for a check that must land on a node type without waiting for a free slot
 QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 

@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     ready, _ = ray.wait([probe], timeout=args.timeout)
     if not ready:
         print(f"error: no node with {args.resource} and a free GPU came up within {args.timeout:g} s; see `ray status` "
-              "(quota for the GPU type, the autoscaler's log in /tmp/ray/session_latest/logs/monitor.*)", file=sys.stderr)
+              "(quota for the GPU type, the autoscaler's log in /tmp/ray/session_latest/logs/monitor.*)",
+              file=sys.stderr)
         return 2
     seen = ray.get(probe)
     if seen["gpu"] is None:

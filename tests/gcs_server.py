@@ -60,7 +60,8 @@ def gcs_server(folder: str, bucket: str):
                     raise RuntimeError(f"GCS emulator did not start: {open(log).read()[-2000:]}") from None
                 time.sleep(0.2)
         query = f"endpoint_override=127.0.0.1%3A{port}&scheme=http"
-        yield (lambda prefix, name=bucket: f"gs://{name}/{prefix}?{query}"), {"GOOGLE_APPLICATION_CREDENTIALS": credentials}
+        uri = (lambda prefix, name=bucket: f"gs://{name}/{prefix}?{query}")
+        yield uri, {"GOOGLE_APPLICATION_CREDENTIALS": credentials}
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -96,7 +96,8 @@ BROKEN = {
     "a head without coordinator slots": (
         "azure.yaml", lambda c: _head(c)["resources"].pop("coordinator"), "the head cannot hold the trial that drives"),
     "a DDP driver that fits a GPU node": (
-        "local.yaml", lambda c: _workers(c, 4)["resources"].update(coordinator=1), "alone it would start that GPU node"),
+        "local.yaml", lambda c: _workers(c, 4)["resources"].update(coordinator=1),
+        "alone it would start that GPU node"),
     "one CIFAR trial per GPU node": (
         "aws.yaml", lambda c: _workers(c, 1)["resources"].update(CPU=5), "holds 1 trials of cifar.yaml"),
     "ImageNet's DDP workers split over nodes": (
@@ -138,7 +139,7 @@ def test_a_placeholder_left_in_a_filled_copy_is_named():
 
 def test_the_local_cluster_mirrors_aws():
     """cluster/local.yaml's node types are cluster/aws.yaml's: the autoscaler decides on it as it would on AWS."""
-    def resources(name):
-        return {n: t["resources"] for n, t in yaml.safe_load((CLUSTER / name).read_text())["available_node_types"].items()}
-    assert resources("local.yaml") == resources("aws.yaml")
-    assert re.fullmatch(r"127\.0\.0\.1:\d+", yaml.safe_load((CLUSTER / "local.yaml").read_text())["provider"]["gcs_address"])
+    local, aws = (yaml.safe_load((CLUSTER / name).read_text()) for name in ("local.yaml", "aws.yaml"))
+    assert ({n: t["resources"] for n, t in local["available_node_types"].items()}
+            == {n: t["resources"] for n, t in aws["available_node_types"].items()})
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", local["provider"]["gcs_address"])

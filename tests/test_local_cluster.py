@@ -191,7 +191,8 @@ def test_the_autoscaler_starts_the_node_type_each_workload_needs(cluster, tmp_pa
         experiment["data"]["root"] = str(disks) + "/${RAY_NODE_TYPE_NAME}/" + folder
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump({**experiment, "storage_path": str(tmp_path / "experiments")}, sort_keys=False))
-        commands[name] = [sys.executable, "-m", "platform.tune", str(path), "--address", cluster["address"], "--no-report"]
+        commands[name] = [sys.executable, "-m", "platform.tune", str(path), "--address", cluster["address"],
+                          "--no-report"]
     # The guide's GPU probe (cluster/gpu_probe.py): a 1-GPU node is there, and its torch sees no GPU (a fake
     # node's GPU is advertised, not present); a node type that never comes up ends in its timeout. These two
     # and the run whose data is missing are drivers of their own, side by side on the cluster.
@@ -318,7 +319,8 @@ def test_a_sweep_on_s3_and_an_mlflow_server_survives_a_lost_node_and_resumes_on_
         # The data set went into the bucket once; the teacher's and the trials' nodes read their checked copy.
         assert len([k for k in keys if k.startswith("experiments/remote/data/") and k.endswith("/manifest.json")]) == 1
         assert len(os.listdir(node_cache / "data")) == 1
-        assert all(t.data.params["data.root"].startswith("s3://bickd/experiments/remote/data/cifar100-") for t in trials)
+        kept = "s3://bickd/experiments/remote/data/cifar100-"
+        assert all(t.data.params["data.root"].startswith(kept) for t in trials)
 
         # The autoscaler started 1-GPU nodes only (its own events, as the driver printed them), a second one
         # after the first was lost; the lost one is gone for good.
