@@ -36,7 +36,7 @@ TAG_KIND = "bickd.kind"
 TAG_TRIAL_ID = "ray.trial_id"
 TAG_STAGE = "stage"  # a trial's Tune run: search, ablation or confirm (the confirmation after a search)
 
-# Runs per page of a search. MLflow's own default page size; one page of our trial runs (each with ~100 params)
+# Runs per page of a search. MLflow's own default page size; one page of our trial runs (each with ~70 params)
 # is a few MB, and a server refuses pages over 50,000. The loop in `search_all_runs`, not the size, is what
 # makes every run count: read at call time, so a test can force a small page.
 RUNS_PAGE_SIZE = 1000
