@@ -230,6 +230,10 @@ class ResourcesConfig(StrictModel):
     num_workers: int = Field(0, ge=0, description="0: train inside the Tune trial; N: TorchTrainer with N DDP workers")
     max_concurrent_trials: int | None = Field(None, ge=1)
     max_failures: int = Field(2, ge=0, description="restarts of a failed trial from its last checkpoint")
+    teacher_cpus: float | None = Field(
+        None, gt=0, description="CPUs of the teacher stage (its training, evaluation and logit caches), which runs "
+        "alone before the trials; default: every CPU of the local instance, or on a joined cluster one trial's CPUs "
+        "scaled to a whole GPU. The teacher's torch threads follow it")
     custom_resources: dict[str, float] = Field(
         default_factory=dict, description="extra Ray resources per trial (per DDP worker with num_workers >= 1), "
         "e.g. {gpu1: 0.5}: steers trials to the node type that advertises them (cluster/README.md)")

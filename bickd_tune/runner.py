@@ -12,6 +12,7 @@ from bickd.config_io import ConfigError
 from bickd_tune import draws, preflight
 from bickd_tune.experiment import ExperimentConfig
 from bickd_tune.paths import ExperimentPaths
+from bickd_tune.progress import Progress
 from bickd_tune.results import short
 
 
@@ -78,7 +79,8 @@ def _check_primary_unchanged(experiment: ExperimentConfig, paths: ExperimentPath
 
 def _run(experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int, resume: bool,
          write_report: bool, joined: bool, teacher_ids: list[str], shared: dict[str, list[str]]) -> int:
-    from bickd_tune.teacher import TeacherStage
+    from bickd_tune.ray_env import cluster_resources
+    from bickd_tune.teacher import TeacherStage, remote_options
 
     config_text = yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False).encode()
     paths.storage().write_bytes("experiment.yaml", config_text)
@@ -87,7 +89,9 @@ def _run(experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int,
             handle.write(config_text)
     draws.write_record(experiment, paths, teacher_ids, shared)
     # The teacher's Ray task starts first and runs while the driver imports MLflow and opens its store.
-    teacher = TeacherStage(experiment, paths, num_classes)
+    # Nothing else runs while the teacher trains: locally it gets the whole instance.
+    options = remote_options(experiment, None if joined else cluster_resources().get("CPU"))
+    teacher = TeacherStage(experiment, paths, num_classes, options)
 
     from bickd_tune.tracking import Tracker
 
@@ -99,8 +103,8 @@ def _run(experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int,
         teacher_state = teacher.finish(tracker, parent)
         draws.write_record(experiment, paths, draws.teacher_ids(experiment, teacher_state), shared)
         from bickd_tune.teacher import prepare_teacher_cache
-        base = prepare_teacher_cache(experiment, experiment.base_train_config(), teacher_state, paths)
-        stages = _Stages(experiment, paths, tracker, parent, base, teacher_state, joined, resume)
+        base = prepare_teacher_cache(experiment, experiment.base_train_config(), teacher_state, paths, options)
+        stages = _Stages(experiment, paths, tracker, parent, base, teacher_state, joined, resume, options)
         results = stages.main()
         confirmed = None
         if results is not None and experiment.confirm is not None:
@@ -134,9 +138,10 @@ class _Stages:
     """The experiment's Tune runs in order: the search or ablation, then a search's confirmation."""
 
     def __init__(self, experiment: ExperimentConfig, paths: ExperimentPaths, tracker, parent: str, base,
-                 teacher_state, joined: bool, resume: bool):
+                 teacher_state, joined: bool, resume: bool, teacher_options: dict[str, Any]):
         self.experiment, self.paths, self.tracker, self.parent = experiment, paths, tracker, parent
         self.base, self.teacher_state, self.joined, self.resume = base, teacher_state, joined, resume
+        self.teacher_options = teacher_options  # what the logit caches are built with
 
     def main(self):
         """Runs (or resumes) the search or ablation; its ResultGrid, or None when the run was interrupted. A
@@ -182,7 +187,7 @@ class _Stages:
         configs = {seed: self.base.with_overrides(draws.seed_overrides(self.base, seed, per_seed))
                    for seed in stage.seeds}
         cached = dict(zip(configs, prepare_teacher_caches(self.experiment, list(configs.values()),
-                                                          self.teacher_state, self.paths)))
+                                                          self.teacher_state, self.paths, self.teacher_options)))
         overrides = {seed: {**draws.seed_overrides(self.base, seed, per_seed),
                             **({"teacher_cache.path": cached[seed].teacher_cache.path}
                                if cached[seed].teacher_cache.enabled else {})}
@@ -198,11 +203,14 @@ class _Stages:
         from bickd_tune.results import interrupted
         from bickd_tune.tracking import TrialLogger
 
-        logger = TrialLogger(self.tracker, self.parent, _describer(self.base, stage), stage.max_epochs,
+        describe = _describer(self.base, stage)
+        logger = TrialLogger(self.tracker, self.parent, describe, stage.max_epochs,
                              {"experiment": self.experiment.name, "stage": stage.name})
-        results = tuner.tuner_for(self.experiment, self.paths, self._function(stage), [logger], self.base,
-                                  self.joined, stage).fit()
         planned = stage.planned if stage.planned is not None else self.experiment.search.num_samples
+        progress = Progress(stage.name, lambda point: describe(point)[0], planned, *self.experiment.objective,
+                            stage.max_epochs)
+        results = tuner.tuner_for(self.experiment, self.paths, self._function(stage), [logger, progress], self.base,
+                                  self.joined, stage).fit()
         exhausted = stage.arms is None and _search_exhausted(self.experiment, self.paths)
         return None if interrupted(results, planned, exhausted) else results
 

@@ -30,13 +30,31 @@ def weights_name(model: str) -> str:
     return f"teacher/{model}.pt"
 
 
-def remote_options(experiment: ExperimentConfig) -> dict[str, Any]:
-    """One whole GPU (if trials use GPUs) on the node type trials use: their custom resources, scaled to it."""
+def remote_options(experiment: ExperimentConfig, local_cpus: float | None = None) -> dict[str, Any]:
+    """What the teacher stage asks Ray for. Nothing else runs while it trains, so it gets a machine's worth: one
+    whole GPU (if trials use GPUs) on the node type trials use (their custom resources, scaled to it) and
+    `resources.teacher_cpus`, else every CPU of the local instance (`local_cpus`), else one trial's CPUs scaled
+    to a whole GPU."""
     r = experiment.resources
     gpus = 1 if r.gpus_per_trial > 0 else 0
     scale = gpus / r.gpus_per_trial if r.gpus_per_trial else 1.0
-    return {"num_cpus": r.cpus_per_trial, "num_gpus": gpus,
+    cpus = r.teacher_cpus or local_cpus or r.cpus_per_trial * scale
+    return {"num_cpus": cpus, "num_gpus": gpus,
             "resources": {name: amount * scale for name, amount in r.custom_resources.items()}}
+
+
+def describe_options(options: dict[str, Any]) -> str:
+    """`2 CPUs (2 threads)`, `8 CPUs, 1 GPU (8 threads)`: what the teacher stage got."""
+    cpus = options["num_cpus"]
+    gpus = f", {options['num_gpus']:g} GPU" if options["num_gpus"] else ""
+    extra = "".join(f", {name} {amount:g}" for name, amount in options["resources"].items())
+    return f"{cpus:g} CPU{'s' if cpus != 1 else ''}{gpus}{extra} ({max(1, int(cpus))} threads)"
+
+
+def with_threads(config_json: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The teacher stage's config with torch threads for every CPU it was given (the trials' `runtime.threads`
+    is one trial's share)."""
+    return {**config_json, "runtime": {**config_json["runtime"], "threads": max(1, int(options["num_cpus"]))}}
 
 
 @ray.remote(max_retries=3)  # a lost node re-runs the task, which continues from the last checkpoint
@@ -85,24 +103,26 @@ class TeacherStage:
     evaluating) runs while the driver creates the store's tables, instead of after it.
     """
 
-    def __init__(self, experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int):
-        self.experiment, self.storage = experiment, paths.storage()
+    def __init__(self, experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int,
+                 options: dict[str, Any]):
+        self.experiment, self.storage, self.options = experiment, paths.storage(), options
         self.training = self.evaluation = self.state = self.history = None
         if experiment.teacher is None:
             return
-        base = experiment.base_train_config().model_dump(mode="json")
+        base = with_threads(experiment.base_train_config().model_dump(mode="json"), options)
         name = weights_name(experiment.teacher.model)
         self.source = experiment.teacher.checkpoint or paths.in_storage(name)
         if experiment.teacher.checkpoint is not None:
             self.state = load_teacher_state(experiment.teacher.model, num_classes, experiment.teacher.checkpoint)
-            self.evaluation = _evaluate.options(**remote_options(experiment)).remote(base, experiment.teacher.model,
+            self.evaluation = _evaluate.options(**options).remote(base, experiment.teacher.model,
                                                                                   self.state)
         elif self.storage.exists(name):  # trained by an earlier run of this experiment
             self.state, self.history = self.storage.read_torch(name)["model"], self.storage.read_json(HISTORY)
         else:
             print(f"[teacher] training {experiment.teacher.model} "
-                  f"({(experiment.teacher.recipe or experiment.recipe).epochs} epochs) before the trials", flush=True)
-            self.training = _train.options(**remote_options(experiment)).remote(base, self.storage)
+                  f"({(experiment.teacher.recipe or experiment.recipe).epochs} epochs) before the trials on "
+                  f"{describe_options(options)}", flush=True)
+            self.training = _train.options(**options).remote(base, self.storage)
 
     def finish(self, tracker: Tracker, parent_run_id: str) -> dict[str, torch.Tensor] | None:
         """Waits for the stage, logs it to the parent run and returns the weights (None: no teacher)."""
@@ -143,14 +163,14 @@ def _build_cache(config_json: dict[str, Any], state: dict[str, torch.Tensor], st
 
 
 def prepare_teacher_cache(experiment: ExperimentConfig, base, state: dict[str, torch.Tensor] | None,
-                          paths: ExperimentPaths):
+                          paths: ExperimentPaths, options: dict[str, Any]):
     """Builds the experiment's teacher-logit cache once (if enabled) in its storage and points the trials'
     config at it; trials on other nodes fetch a verified copy (`trial.local_teacher_cache`)."""
-    return prepare_teacher_caches(experiment, [base], state, paths)[0]
+    return prepare_teacher_caches(experiment, [base], state, paths, options)[0]
 
 
 def prepare_teacher_caches(experiment: ExperimentConfig, configs: list, state: dict[str, torch.Tensor] | None,
-                           paths: ExperimentPaths) -> list:
+                           paths: ExperimentPaths, options: dict[str, Any]) -> list:
     """`configs` each pointed at its teacher-logit cache (one per distinct views, data and teacher), the missing
     ones built at once as Ray tasks; configs without a cache come back unchanged."""
     if state is None:
@@ -164,8 +184,8 @@ def prepare_teacher_caches(experiment: ExperimentConfig, configs: list, state: d
         print(f"[teacher] caching logits for {configs[0].teacher_cache.epochs} augmented epochs "
               f"({len(missing)} view set{'s' if len(missing) > 1 else ''})", flush=True)
         state_ref = ray.put(state)
-        ray.get([_build_cache.options(**remote_options(experiment)).remote(config.model_dump(mode="json"), state_ref,
-                                                                          storage, name)
+        ray.get([_build_cache.options(**options).remote(with_threads(config.model_dump(mode="json"), options),
+                                                        state_ref, storage, name)
                  for name, config in missing.items()])
     return [config if name is None else config.with_overrides({"teacher_cache.path": paths.in_storage(name)})
             for name, config in zip(names, configs)]

@@ -111,9 +111,12 @@ def plan_lines(experiment: ExperimentConfig, paths: ExperimentPaths) -> list[str
                  + ("a `coordinator` slot of the cluster's head (cluster/*.yaml) or of the local instance"
                     if "coordinator" in resources.coordinator_resources else
                     "on cluster/*.yaml's zero-CPU head that starts a GPU node for it alone"))
+    teacher_cpus = (f"{resources.teacher_cpus:g} CPUs (resources.teacher_cpus)" if resources.teacher_cpus else
+                    "every CPU of the local instance (on a joined cluster: one trial's CPUs per whole GPU)")
     teacher = ("none" if experiment.teacher is None else
                f"{experiment.teacher.model} from {experiment.teacher.checkpoint}" if experiment.teacher.checkpoint
-               else f"{experiment.teacher.model}, trained once before the trials")
+               else f"{experiment.teacher.model}, trained once before the trials on {teacher_cpus}"
+               + (" and one GPU" if resources.gpus_per_trial else ""))
     from bickd.data.registry import val_fraction_of
     fraction = val_fraction_of(experiment.data)
     split = ("NO validation split (val_fraction 0): choices are made on the test set and overstate it"
