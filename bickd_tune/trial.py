@@ -9,6 +9,7 @@ resume from the last checkpoint when Tune restarts the trial.
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from typing import Any
@@ -21,6 +22,7 @@ from bickd_tune.data_copy import on_this_node
 from bickd_tune.storage import Storage, is_remote, join, without_query
 
 STATE_FILE = "state.pt"
+QUIET_LOGGERS = ("ray.train", "ray.tune")  # a line per checkpoint from every trial would drown the console
 
 
 SeedOverrides = dict[int, dict[str, Any]]
@@ -81,6 +83,8 @@ def run_trial(point: dict[str, Any], *, base: TrainConfig, arms: dict[str, dict[
     the trial trains on: its own (num_workers 0) or each DDP worker's."""
     from ray import tune
 
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     config = on_this_node(local_teacher_cache(trial_config(base, point, arms, seed_overrides)))
     if num_workers == 0:
         if config.runtime.threads is None:

@@ -166,7 +166,8 @@ def new_tuner(experiment: ExperimentConfig, paths: ExperimentPaths, function, ca
         run_config=tune.RunConfig(
             name=stage.tune_name, storage_path=stage.storage_path, callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=experiment.resources.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1),
+            # verbose 0: Tune's tables per trial event (~40 lines a trial) give way to bickd_tune.progress
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=0),
     )
 
 
