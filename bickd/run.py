@@ -7,6 +7,8 @@ set up. Nothing here knows Ray.
 from __future__ import annotations
 
 import copy
+import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -139,11 +141,25 @@ def evaluate_splits(model: torch.nn.Module, batches, amp) -> Metrics:
     return {**{f"val/{k}": v for k, v in val.items()}, **{f"test/{k}": v for k, v in test.items()}}
 
 
+# The last cache this process opened and verified, by its folder, key and files' modification times: a trial
+# process that Tune reuses for the next trial maps it again without re-reading every file for its checksums.
+_LAST_OPENED: dict[str, TeacherLogitCache] = {}
+
+
 def open_teacher_cache(cfg: TrainConfig, teacher_state: dict[str, torch.Tensor]) -> TeacherLogitCache:
     if cfg.teacher_cache.path is None:
         raise ValueError("teacher_cache.enabled but teacher_cache.path is not set: build the cache first "
                          "(the platform and python -m bickd.train do it before training)")
-    return TeacherLogitCache(cfg.teacher_cache.path, cache_key(cfg, teacher_state))
+    key = cache_key(cfg, teacher_state)
+    folder = cfg.teacher_cache.path
+    stamp = json.dumps([folder, key, sorted((entry.name, entry.stat().st_mtime_ns, entry.stat().st_size)
+                                            for entry in os.scandir(folder))] if os.path.isdir(folder) else folder,
+                       sort_keys=True)
+    if stamp not in _LAST_OPENED:
+        opened = TeacherLogitCache(folder, key)  # refuses a missing, mismatched or corrupt cache
+        _LAST_OPENED.clear()
+        _LAST_OPENED[stamp] = opened
+    return _LAST_OPENED[stamp]
 
 
 def build_teacher_cache(cfg: TrainConfig, teacher_state: dict[str, torch.Tensor], folder: str,

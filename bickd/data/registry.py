@@ -2,6 +2,7 @@
 registered schema declares; `load_dataset` validates the options first, so a bad option fails with its name."""
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,10 +79,23 @@ def val_fraction_of(data) -> float:
     return DATASETS[data.name].val_fraction if data.val_fraction is None else data.val_fraction
 
 
+# The last in-memory data set this process loaded: a trial process that Tune reuses for the next trial (reuse_actors)
+# gets it again instead of reading and splitting it again. One set at a time, so memory stays one data set; its
+# tensors are only ever read (batches and augmentation make new ones).
+_LAST_LOADED: dict[str, ImageData] = {}
+
+
 def load_data(data) -> ImageData | FolderData:
     """The data set a `DataConfig` describes (the one way the training code loads data). Environment variables in
     its root (`$VAR`, `${VAR}`) are those of the process that loads it: a node can hold its data where it likes."""
     root = os.path.expandvars(data.root) if data.root else data.root
-    return load_dataset(data.name, root=root, download=data.download, image_size=data.image_size,
-                        seed=data.seed, val_fraction=data.val_fraction, split_seed=data.split_seed,
-                        **data.options)
+    key = json.dumps([data.model_dump(mode="json"), root], sort_keys=True)
+    if key in _LAST_LOADED:
+        return _LAST_LOADED[key]
+    loaded = load_dataset(data.name, root=root, download=data.download, image_size=data.image_size,
+                          seed=data.seed, val_fraction=data.val_fraction, split_seed=data.split_seed,
+                          **data.options)
+    if isinstance(loaded, ImageData):
+        _LAST_LOADED.clear()
+        _LAST_LOADED[key] = loaded
+    return loaded
