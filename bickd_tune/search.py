@@ -15,7 +15,6 @@ is taken, while importances and plots count it once), and the sampler is asked a
 from __future__ import annotations
 
 import json
-import pickle
 from typing import Any
 
 import optuna
@@ -83,31 +82,44 @@ class StudySearcher(Searcher):
     Trials end COMPLETE (ran the whole recipe), PRUNED (stopped early by the scheduler, or a repeat) or FAIL.
     A repeat (TPE keeps proposing the parameter-free options of a categorical, e.g. `loss.name: ce`) costs no
     training: it is recorded as soon as the first trial of its point has ended, and the sampler is asked again.
-    After MAX_REPEATS_IN_A_ROW repeats in a row the space is taken as exhausted: the search ends with the trials
-    it has, and the study says so.
+    After `max_repeats` repeats in a row the space is taken as exhausted: the search ends with the trials it has,
+    and the study says so.
 
-    Tune pickles the searcher into its experiment state for `--resume` (save/restore below). The study (SQLite)
-    is written the moment a trial ends, the pickle only every so often: after a hard kill in between, a resumed
+    Everything goes through Optuna's public API: `ask`/`tell` on the study, and the storage's own calls for an
+    intermediate value or an attribute of a trial known by its number. Tune saves the searcher into its
+    experiment state for `--resume` (save/restore: plain JSON, the study reopened from its storage). The study
+    is written the moment a trial ends, Tune's state only every so often: after a hard kill in between, a resumed
     trial may report to an Optuna trial the study has already finished; the study's first record is kept.
     """
 
     def __init__(self, search: SearchConfig, storage_url: str, study_name: str, base: TrainConfig,
                  max_t: int | None = None, max_repeats: int = MAX_REPEATS_IN_A_ROW):
         super().__init__(metric=search.metric, mode=search.goal)
+        self._search, self._storage_url, self._study_name = search, storage_url, study_name
         self._space, self._base, self._max_t, self._max_repeats = DefineByRun(search), base, max_t, max_repeats
-        self._study = optuna.create_study(
-            storage=optuna.storages.RDBStorage(storage_url), study_name=study_name, load_if_exists=True,
-            sampler=SAMPLERS[search.sampler](search.seed), direction="maximize" if search.goal == "max" else "minimize")
+        self._open_study(self._search.seed)
         if not self._study.get_trials(deepcopy=False):  # a new study: the given points come first
             for point in search.points_to_evaluate:
                 self._study.enqueue_trial(dict(point))
-        self._trials: dict[str, optuna.Trial] = {}             # Tune trial id -> its Optuna trial
+        self._numbers: dict[str, int] = {}                     # Tune trial id -> its Optuna trial's number
         self._full_epochs: dict[str, int] = {}                 # Tune trial id -> epochs of its whole recipe
         self._reported: dict[str, dict[int, float]] = {}       # Tune trial id -> epoch -> objective
         self._trained: dict[str, str] = {}                     # config key -> Tune trial that trains it
-        self._outcomes: dict[str, tuple[TrialState, dict[int, float]]] = {}  # Tune trial id -> how it ended
-        self._waiting: dict[str, list[optuna.Trial]] = {}      # Tune trial id -> repeats recorded when it ends
+        self._outcomes: dict[str, tuple[str, dict[int, float]]] = {}  # Tune trial id -> its end state and values
+        self._waiting: dict[str, list[int]] = {}               # Tune trial id -> repeats recorded when it ends
         self._ended: set[str] = set()
+
+    def _open_study(self, seed: int) -> None:
+        self._storage = optuna.storages.RDBStorage(self._storage_url)
+        self._study = optuna.create_study(
+            storage=self._storage, study_name=self._study_name, load_if_exists=True,
+            sampler=SAMPLERS[self._search.sampler](seed),
+            direction="maximize" if self._search.goal == "max" else "minimize")
+
+    def _storage_id(self, number: int) -> int:
+        """The storage's id of this study's trial `number` (what the storage's own calls take)."""
+        return self._storage.get_trial_id_from_study_id_trial_number(
+            self._storage.get_study_id_from_name(self._study_name), number)
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
         return True  # the space, metric and mode are the YAML's, given above
@@ -119,21 +131,21 @@ class StudySearcher(Searcher):
             resolved = self._base.with_overrides(config)
             first = self._trained.setdefault(config_key(resolved), trial_id)
             if first == trial_id:
-                self._trials[trial_id], self._reported[trial_id] = trial, {}
+                self._numbers[trial_id], self._reported[trial_id] = trial.number, {}
                 self._full_epochs[trial_id] = min(resolved.recipe.epochs, self._max_t or resolved.recipe.epochs)
                 return config
-            trial.set_user_attr(REPEAT_ATTR, self._trials[first].number)
+            trial.set_user_attr(REPEAT_ATTR, self._numbers[first])
             if first in self._outcomes:
-                self._record_repeat(trial, *self._outcomes[first])
+                self._record_repeat(trial.number, *self._outcomes[first])
             else:
-                self._waiting.setdefault(first, []).append(trial)
+                self._waiting.setdefault(first, []).append(trial.number)
         self._study.set_user_attr(EXHAUSTED_ATTR, len(self._trained))
         print(f"[search] {self._max_repeats} proposals in a row repeated configurations already trained: the "
               f"space holds no new one, so the search ends after {len(self._trained)} distinct trials", flush=True)
         return Searcher.FINISHED
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._trials and trial_id not in self._ended:
+        if trial_id in self._numbers and trial_id not in self._ended:
             self._report(trial_id, result)
 
     def _report(self, trial_id: str, result: dict) -> None:
@@ -143,13 +155,21 @@ class StudySearcher(Searcher):
             return
         self._reported[trial_id][step] = float(value)
         try:
-            self._trials[trial_id].report(float(value), step=step)
+            self._storage.set_trial_intermediate_value(self._storage_id(self._numbers[trial_id]), step, float(value))
         except optuna.exceptions.UpdateFinishedTrialError:
-            self._ended.add(trial_id)  # finished in the study before a hard kill: its first record stays
+            self._ended_in_study(trial_id)
+
+    def _ended_in_study(self, trial_id: str) -> None:
+        """The trial finished in the study before a hard kill (Tune's state was older): its first record stays,
+        and its repeats are recorded from it."""
+        self._ended.add(trial_id)
+        frozen = self._storage.get_trial(self._storage_id(self._numbers[trial_id]))
+        self._outcomes[trial_id] = (frozen.state.name, dict(frozen.intermediate_values))
+        for repeat in self._waiting.pop(trial_id, []):
+            self._record_repeat(repeat, *self._outcomes[trial_id])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        trial = self._trials.get(trial_id)
-        if trial is None or trial_id in self._ended:
+        if trial_id not in self._numbers or trial_id in self._ended:
             return
         result = result or {}
         self._report(trial_id, result)  # Tune hands a trial's last result (or the one it was stopped at) only here
@@ -162,31 +182,43 @@ class StudySearcher(Searcher):
         else:
             full = result.get(EPOCH, 0) >= self._full_epochs[trial_id]
             state = TrialState.COMPLETE if full else TrialState.PRUNED
-        self._tell(trial, state, value)
-        self._outcomes[trial_id] = (state, self._reported.pop(trial_id, {}))
+        self._tell(self._numbers[trial_id], state, value)
+        self._outcomes[trial_id] = (state.name, self._reported.pop(trial_id, {}))
         for repeat in self._waiting.pop(trial_id, []):
             self._record_repeat(repeat, *self._outcomes[trial_id])
 
-    def _record_repeat(self, repeat: optuna.Trial, state: TrialState, intermediate: dict[int, float]) -> None:
+    def _record_repeat(self, number: int, state: str, intermediate: dict[int, float]) -> None:
         """A repeat carries its first trial's values but counts as no second observation: PRUNED (FAIL if the
         first trial failed)."""
         for step, value in sorted(intermediate.items()):
-            repeat.report(value, step=step)
-        self._tell(repeat, TrialState.FAIL if state == TrialState.FAIL else TrialState.PRUNED, None)
+            self._storage.set_trial_intermediate_value(self._storage_id(number), int(step), value)
+        self._tell(number, TrialState.FAIL if state == TrialState.FAIL.name else TrialState.PRUNED, None)
 
-    def _tell(self, trial: optuna.Trial, state: TrialState, value: float | None) -> None:
+    def _tell(self, number: int, state: TrialState, value: float | None) -> None:
         try:
-            self._study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+            self._study.tell(number, value if state == TrialState.COMPLETE else None, state=state)
         except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # finished in the study before a hard kill: its first record stays
+            pass  # finished in the study before a hard kill: its first record stays (see _ended_in_study)
+
+    # The state Tune saves for --resume: plain data (no pickle); the study itself lives in its storage.
+    _STATE = ("_numbers", "_full_epochs", "_reported", "_trained", "_outcomes", "_waiting", "_ended")
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as handle:
-            pickle.dump(self.__dict__, handle)
+        state = {name: getattr(self, name) for name in self._STATE}
+        state["_ended"] = sorted(state["_ended"])
+        with open(checkpoint_path, "w", encoding="utf-8") as handle:
+            json.dump(state, handle)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as handle:
-            self.__dict__.update(pickle.load(handle))
+        with open(checkpoint_path, encoding="utf-8") as handle:
+            state = json.load(handle)
+        self._numbers, self._full_epochs, self._trained = state["_numbers"], state["_full_epochs"], state["_trained"]
+        self._reported = {k: {int(step): v for step, v in steps.items()} for k, steps in state["_reported"].items()}
+        self._outcomes = {k: (end, {int(step): v for step, v in steps.items()})
+                          for k, (end, steps) in state["_outcomes"].items()}
+        self._waiting, self._ended = state["_waiting"], set(state["_ended"])
+        # The sampler starts again from a seed of its own: the search's seed would replay its first proposals.
+        self._open_study(self._search.seed + len(self._study.get_trials(deepcopy=False)))
 
 
 ORPHANS_ATTR = "orphaned_trials"  # study user attribute: numbers of trials retired after a hard kill

@@ -152,3 +152,24 @@ def test_the_schedulers_max_t_is_the_whole_recipe_when_set(tmp_path, max_t, stat
     searcher.suggest("t1")
     searcher.on_trial_complete("t1", {"val/top1": 5.0, "epoch": 1})
     assert _study(tmp_path).trials[0].state == state
+
+
+def test_a_repeat_of_a_trial_the_study_finished_before_a_hard_kill_is_recorded_from_the_study(tmp_path):
+    points = [{"loss.name": "ce"}, {"loss.name": "kd"}, {"loss.name": "ce"}]
+    searcher = _searcher(tmp_path, CHOICE, points=points, max_repeats=20)
+    assert searcher.suggest("t1") == {"loss.name": "ce"}
+    snapshot = str(tmp_path / "searcher.json")
+    searcher.save(snapshot)  # Tune's last snapshot: t1 still running
+    searcher.on_trial_complete("t1", {"val/top1": 50.0, "epoch": 2})  # in the study; then the driver is killed
+    resumed = _searcher(tmp_path, CHOICE, points=points, max_repeats=20)
+    resumed.restore(snapshot)
+    assert resumed.suggest("t2") == {"loss.name": "kd"}
+    assert resumed.suggest("t3") == Searcher.FINISHED  # ce again is t1's point: a repeat, waiting for t1
+    resumed.on_trial_result("t1", {"val/top1": 51.0, "epoch": 2})  # Tune re-runs t1's last epoch
+    resumed.on_trial_complete("t2", {"val/top1": 60.0, "epoch": 2})
+    study = _study(tmp_path)
+    first = study.trials[0]
+    assert (first.state, first.value) == (TrialState.COMPLETE, 50.0)  # the first record stays
+    ce_repeats = [t for t in study.trials if t.user_attrs.get(REPEAT_ATTR) == 0]
+    assert ce_repeats and all((t.state, t.value) == (TrialState.PRUNED, 50.0) for t in ce_repeats)
+    assert not study.get_trials(states=(TrialState.RUNNING,))  # nothing left waiting
