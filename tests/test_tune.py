@@ -74,7 +74,7 @@ def test_search_with_asha_stops_some_trials_and_logs_everything(ray_local, write
     assert logged["teacher/test/loss"] == pytest.approx(evaluated["test/loss"], rel=1e-5)
     assert not [k for k in logged if k.startswith("teacher/test_")]  # one spelling only
     # Nothing else runs while the teacher trains: it got the whole local instance (4 logical CPUs here).
-    assert "[teacher] training resnet8 (2 epochs) before the trials on 4 CPUs (4 threads)" in printed
+    assert "[teacher] training resnet8 (3 epochs) before the trials on 4 CPUs (4 threads)" in printed
     # The console: a line per trial start and end (not Tune's tables, ~40 lines a trial).
     started = [line for line in printed.splitlines() if line.startswith("[search ") and line.endswith(")")
                and ": started (" in line]
