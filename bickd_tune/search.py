@@ -195,10 +195,8 @@ class StudySearcher(Searcher):
         self._tell(number, TrialState.FAIL if state == TrialState.FAIL.name else TrialState.PRUNED, None)
 
     def _tell(self, number: int, state: TrialState, value: float | None) -> None:
-        try:
-            self._study.tell(number, value if state == TrialState.COMPLETE else None, state=state)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # finished in the study before a hard kill: its first record stays (see _ended_in_study)
+        # A trial the study finished before a hard kill keeps its first record (see _ended_in_study).
+        self._study.tell(number, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
 
     # The state Tune saves for --resume: plain data (no pickle); the study itself lives in its storage.
     _STATE = ("_numbers", "_full_epochs", "_reported", "_trained", "_outcomes", "_waiting", "_ended")

@@ -173,3 +173,16 @@ def test_a_repeat_of_a_trial_the_study_finished_before_a_hard_kill_is_recorded_f
     ce_repeats = [t for t in study.trials if t.user_attrs.get(REPEAT_ATTR) == 0]
     assert ce_repeats and all((t.state, t.value) == (TrialState.PRUNED, 50.0) for t in ce_repeats)
     assert not study.get_trials(states=(TrialState.RUNNING,))  # nothing left waiting
+
+
+def test_a_trial_the_study_finished_before_a_hard_kill_can_complete_again(tmp_path):
+    searcher = _searcher(tmp_path)
+    searcher.suggest("t1")
+    snapshot = str(tmp_path / "searcher.json")
+    searcher.on_trial_result("t1", {"val/top1": 20.0, "epoch": 2})
+    searcher.save(snapshot)  # the epoch is in the snapshot, the completion is not
+    searcher.on_trial_complete("t1", {"val/top1": 20.0, "epoch": 2})
+    resumed = _searcher(tmp_path)
+    resumed.restore(snapshot)
+    resumed.on_trial_complete("t1", {"val/top1": 20.5, "epoch": 2})  # no new epoch: straight to the completion
+    assert [(t.state, t.value) for t in _study(tmp_path).trials] == [(TrialState.COMPLETE, 20.0)]
