@@ -36,19 +36,20 @@ def analyse(rows: pd.DataFrame, pairs: list[tuple[str, str]], analysis: Analysis
             aliases: dict[str, str] | None = None) -> list[Comparison]:
     """Each (arm, baseline) with rows on both sides, compared on final test top-1 over seeds (paired where
     the seeds match), placed in its family (the declared primary comparisons, the rest exploratory) and
-    Holm-adjusted there. `aliases` maps a declared name to the arm that trained it (a winner merged with a
-    fixed arm)."""
+    Holm-adjusted there; a declared comparison the way round it was declared. `aliases` maps a declared name
+    to the arm that trained it (a winner merged with a fixed arm)."""
+    resolve = (aliases or {}).get
+    declared = []
+    for text in analysis.primary:
+        arm, other = statistics.parse_comparison(text)
+        if resolve(arm, arm) != resolve(other, other):
+            declared.append((resolve(arm, arm), resolve(other, other)))
+    pairs = [(baseline, arm) if (baseline, arm) in declared else (arm, baseline) for arm, baseline in pairs]
     present = set(rows.arm)
     comparisons = [statistics.compare(arm, statistics.per_seed(rows, arm, METRIC), baseline,
                                       statistics.per_seed(rows, baseline, METRIC))
                    for arm, baseline in pairs if arm in present and baseline in present]
-    resolve = (aliases or {}).get
-    primary = set()
-    for text in analysis.primary:
-        arm, other = statistics.parse_comparison(text)
-        arm, other = resolve(arm, arm), resolve(other, other)
-        if arm != other:
-            primary.add(statistics.pair_key(arm, other))
+    primary = {statistics.pair_key(*pair) for pair in declared}
     return statistics.in_families(comparisons, primary, analysis.alpha, analysis.power)
 
 
@@ -90,7 +91,7 @@ def seeds_note(seeds: list[int], drawn: list[str], shared_with: list[str]) -> st
     varied = ["initialisation", "data order", *(SEED_DRAWS[d].split(" (")[0] for d in drawn)]
     fixed = [SEED_DRAWS[d].split(" (")[0] for d in SEED_DRAWS if d not in drawn]
     note = f"Seeds {seeds}: each seed drew {', '.join(varied)}"
-    note += f"; {' and '.join(fixed)} were the same for every seed." if fixed else "."
+    note += f"; every seed shared {' and '.join(fixed)}." if fixed else "."
     if shared_with:
         note += (f" **These seeds share their draws (data, split, views, teacher) with {', '.join(shared_with)}** "
                  "(allow_shared_seeds): they are not independent of those runs; do not pool or count them twice.")

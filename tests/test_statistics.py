@@ -72,14 +72,17 @@ def test_declared_comparisons_form_their_own_family_and_the_rest_another():
     declared = AnalysisConfig(primary=["kd vs full", "noisy vs kd"])
     from bickd_tune.tables import analyse
     by_name = {c.name: c for c in analyse(rows, pairs, declared)}
-    raw = {name: stats.ttest_rel(arms[a], arms[b]).pvalue for name, (a, b) in
-           zip([f"{a} vs {b}" for a, b in pairs], pairs)}
-    primary, exploratory = ["full vs kd", "noisy vs kd"], ["other vs kd", "noisy vs full", "other vs full"]
+    oriented = [("kd", "full") if pair == ("full", "kd") else pair for pair in pairs]  # as it was declared
+    raw = {f"{a} vs {b}": stats.ttest_rel(arms[a], arms[b]).pvalue for a, b in oriented}
+    assert list(by_name) == [f"{a} vs {b}" for a, b in oriented]
+    assert by_name["kd vs full"].delta == pytest.approx(np.mean(KD) - np.mean(FULL))
+    primary, exploratory = ["kd vs full", "noisy vs kd"], ["other vs kd", "noisy vs full", "other vs full"]
     for family, names in (("primary", primary), ("exploratory", exploratory)):
         expected = _holm_by_definition([raw[n] for n in names])
         assert [by_name[n].p_adjusted for n in names] == pytest.approx(expected)
         assert all(by_name[n].family == family and by_name[n].family_size == len(names) for n in names)
-    undeclared = {c.name: c for c in analyse(rows, pairs, AnalysisConfig())}
+    undeclared = {c.name: c for c in analyse(rows, pairs, AnalysisConfig())}  # each the way the table lists it
+    raw["full vs kd"] = raw["kd vs full"]
     expected = _holm_by_definition([raw[f"{a} vs {b}"] for a, b in pairs])
     assert [undeclared[f"{a} vs {b}"].p_adjusted for a, b in pairs] == pytest.approx(expected)
     assert {c.family for c in undeclared.values()} == {"all"}
@@ -143,8 +146,8 @@ def test_the_ablation_table_compares_each_pair_once_paired_and_saves_per_seed_va
     table = ablation_table(rows, ablation, analysis)
     by_name = {c.name: c for c in table.comparisons}
     assert all(c.test == PAIRED for c in table.comparisons)
-    assert by_name["kd vs full"].family == "primary" and by_name["kd vs full"].family_size == 1
-    assert by_name["kd vs full"].p_adjusted == pytest.approx(stats.ttest_rel(KD, FULL).pvalue)
+    assert by_name["full vs kd"].family == "primary" and by_name["full vs kd"].family_size == 1
+    assert by_name["full vs kd"].p_adjusted == pytest.approx(stats.ttest_rel(FULL, KD).pvalue)
     experiment = ExperimentConfig.model_validate({
         "name": "table", "data": {"name": "digits"}, "teacher": {"model": "resnet8"}, "student": {"model": "resnet8"},
         "ablation": ablation.model_dump(), "analysis": analysis.model_dump()})
@@ -152,6 +155,6 @@ def test_the_ablation_table_compares_each_pair_once_paired_and_saves_per_seed_va
     per_seed = pd.read_parquet(paths["ablation_per_seed.parquet"])
     assert len(per_seed) == 15 and set(per_seed.columns) == {"arm", "seed", "val_top1", "test_top1"}
     comparisons = pd.read_csv(paths["ablation_comparisons.csv"])
-    assert list(comparisons.comparison) == ["kd vs full", "noisy vs full", "noisy vs kd"]
+    assert list(comparisons.comparison) == ["full vs kd", "noisy vs full", "noisy vs kd"]
     markdown = open(paths["ablation.md"], encoding="utf-8").read()
     assert "paired t-tests" in markdown and "declared primary" in markdown and "p adj." in markdown

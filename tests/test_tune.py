@@ -174,8 +174,9 @@ def test_ablation_produces_the_table(ray_local, write_experiment, tmp_path, caps
         assert row.test_mean == pytest.approx((by_arm_seed[(row.arm, 0)] + by_arm_seed[(row.arm, 1)]) / 2, abs=1e-9)
     # The arms ran the same seeds: one comparison, paired, on the per-seed differences.
     comparisons = pd.read_csv(experiment_dir / "results" / "ablation_comparisons.csv")
-    assert list(comparisons.comparison) == ["kd_only vs full"] and list(comparisons.family) == ["primary"]
-    differences = [by_arm_seed[("kd_only", s)] - by_arm_seed[("full", s)] for s in (0, 1)]
+    # (declared "full vs kd_only": shown that way round)
+    assert list(comparisons.comparison) == ["full vs kd_only"] and list(comparisons.family) == ["primary"]
+    differences = [by_arm_seed[("full", s)] - by_arm_seed[("kd_only", s)] for s in (0, 1)]
     assert comparisons.delta[0] == pytest.approx(sum(differences) / 2)
     if differences[0] != differences[1]:
         assert comparisons.test[0] == "paired t"
