@@ -9,9 +9,9 @@ the trials it held waited for it. A fake node needs no set-up: it is up to date 
 """
 from __future__ import annotations
 
-# Ray ships its fake multi-node provider only in this module (the project pins Ray).
-from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
 from ray.autoscaler.tags import STATUS_UP_TO_DATE, TAG_RAY_NODE_STATUS
+
+from bickd_tune.ray_internals import FakeMultiNodeProvider  # Ray ships it only in a private module
 
 
 class LocalNodeProvider(FakeMultiNodeProvider):

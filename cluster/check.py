@@ -34,6 +34,11 @@ from typing import Any
 
 import yaml
 
+try:
+    from bickd_tune.ray_internals import prepare_config, validate_config
+except ImportError:  # a Ray release moved its private functions: Ray's shipped JSON schema still applies
+    prepare_config = validate_config = None
+
 CHECKOUT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = CHECKOUT / "search_spaces"
 # cluster/local.yaml: "nodes" are processes on this machine (Ray's fake provider, or the project's version of it)
@@ -117,9 +122,7 @@ def ray_refusal(config: dict[str, Any]) -> str | None:
     """What Ray's own validation says (None: accepted). There is no `ray up --dry-run`: these are the private
     functions `ray up` and Ray's tests of its example YAMLs call (Ray is pinned); if they move, Ray's shipped
     JSON schema still applies."""
-    try:
-        from ray.autoscaler._private.util import prepare_config, validate_config
-    except ImportError:
+    if validate_config is None:
         return schema_refusal(config)
     try:
         if on_this_machine(config):  # no defaults shipped for it: validation only
