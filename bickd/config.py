@@ -10,10 +10,13 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from bickd.config_io import taken_by_others
+from bickd.data import DATASETS
+from bickd.data.registry import validate_options
 from bickd.losses import LOSSES, LossParams
+from bickd.models import MODEL_NAMES
 from bickd.names import one_of
 from bickd.schema import StrictModel
 
@@ -36,7 +39,6 @@ class DataConfig(StrictModel):
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        from bickd.data import DATASETS
         return one_of(name, sorted(DATASETS))
 
     @field_validator("options")
@@ -44,7 +46,6 @@ class DataConfig(StrictModel):
     def _options_of_the_dataset(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         if "name" not in info.data:
             return options  # the name itself was refused
-        from bickd.data.registry import validate_options
         validate_options(info.data["name"], options)  # pydantic reports a bad value as data.options.<key>
         return options
 
@@ -138,7 +139,6 @@ class TrainConfig(StrictModel):
     @field_validator("losses")
     @classmethod
     def _each_loss_its_own_parameters(cls, losses: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        from pydantic import ValidationError
         for name, params in losses.items():
             one_of(name, sorted(LOSSES), what="loss")
             try:
@@ -217,7 +217,6 @@ def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
 
 
 def _known_model_name(name: str) -> str:
-    from bickd.models import MODEL_NAMES
     return one_of(name, list(MODEL_NAMES))
 
 

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from bickd.config import TrainConfig
 from bickd.config_io import ConfigError, describe, parse_overrides, read_yaml, validate
@@ -30,7 +31,6 @@ def load_train_config(path: str, overrides: dict[str, Any]) -> TrainConfig:
     try:
         return config.with_overrides(overrides)
     except Exception as err:  # pydantic's ValidationError or a bad path
-        from pydantic import ValidationError
         message = describe(err, TrainConfig) if isinstance(err, ValidationError) else str(err)
         raise ConfigError(f"--set: {message}") from None
 

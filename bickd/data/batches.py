@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+from torch.utils.data import DataLoader, DistributedSampler
 
 from bickd.data.augment import _splitmix64, augment_batch, normalize
 from bickd.data.types import FolderData, ImageData
@@ -101,7 +102,6 @@ class FolderBatches:
 
     def __init__(self, data: FolderData, batch_size: int, device: torch.device, seed: int, rank: int = 0,
                  world_size: int = 1, channels_last: bool = False, drop_last: bool = True, num_workers: int = 4):
-        from torch.utils.data import DataLoader, DistributedSampler
         self.device, self.num_classes = torch.device(device), data.num_classes
         self.memory_format = memory_format(channels_last)
         self.sampler = DistributedSampler(_Indexed(data.train), world_size, rank, shuffle=True, seed=seed,

@@ -32,7 +32,7 @@ MANIFEST = "bickd-manifest.json"
 # torch._dynamo, seconds that every trial process would pay.
 @functools.cache
 def _local_cifar100_class():
-    from torchvision.datasets import CIFAR100
+    from torchvision.datasets import CIFAR100  # heavy: on first use (the note above)
 
     class LocalCIFAR100(CIFAR100):
         """torchvision's CIFAR100, checking a locally written set against the MD5s recorded when it was written."""
@@ -57,7 +57,7 @@ def _md5(path: str) -> str:
 
 
 def _open(root: str, train: bool, download: bool):
-    from torchvision.datasets import CIFAR100
+    from torchvision.datasets import CIFAR100  # heavy: on first use (the note above)
 
     manifest = os.path.join(root, FOLDER, MANIFEST)
     try:

@@ -12,6 +12,7 @@ from bickd.data.types import AugmentSpec, ImageData
 
 def digits_split(seed: int, test_fraction: float = 0.4):
     """Stratified train/test split of the digits (float images in [0, 1], 1 x 8 x 8)."""
+    # heavy: scikit-learn takes seconds to import; only the digits sets need it, and every trial imports bickd.data
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

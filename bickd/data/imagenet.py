@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+from torch.utils.data import Subset
+
 from bickd.data.registry import register_dataset
 from bickd.data.split import stratified_holdout
 from bickd.data.types import DataError, FolderData
@@ -25,7 +27,6 @@ def load_imagenet(root=None, download=False, image_size=None, seed=0, val_fracti
     for split, folder in folders.items():
         if not os.path.isdir(folder):
             raise DataError(f"ImageNet {split} folder not found: {folder} (expected <root>/{split}/<class>/*.JPEG)")
-    from torch.utils.data import Subset
 
     normalize = transforms.Normalize(MEAN, STD)
     evaluation = transforms.Compose([
