@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from bickd.config import TrainConfig, apply_overrides
 from bickd.config_io import ConfigError, describe, read_yaml, validate
+from bickd.data.registry import val_fraction_of
 from bickd.losses import LOSSES
 from bickd.names import did_you_mean
 from bickd.schema import StrictModel
@@ -393,7 +394,6 @@ class ExperimentConfig(TrainConfig):
     @property
     def chooses_on_test(self) -> bool:
         """True when the data has no validation split (`val_fraction: 0`): choices then use the test set."""
-        from bickd.data.registry import val_fraction_of
         return val_fraction_of(self.data) == 0
 
     def base_train_config(self) -> TrainConfig:

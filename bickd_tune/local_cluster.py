@@ -21,6 +21,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 
 import yaml
 
@@ -91,9 +93,6 @@ DUMMY_KEYS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "A
 def services(temp_dir: str, s3_port: int = 9000, mlflow_port: int = 5000, bucket: str = "bickd") -> tuple[str, str]:
     """Starts an S3 API (moto's server) holding `bucket` and an MLflow server whose artifacts go to it, both on
     127.0.0.1 and logging into `temp_dir` (so `down` stops them too); returns (storage URI, tracking URI)."""
-    import time
-    import urllib.request
-
     os.makedirs(temp_dir, exist_ok=True)
     env = {**os.environ, **DUMMY_KEYS, "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}"}
     bin_dir = os.path.dirname(sys.executable)
@@ -117,7 +116,7 @@ def services(temp_dir: str, s3_port: int = 9000, mlflow_port: int = 5000, bucket
                     raise RuntimeError(f"{command[0]} did not start; see {log.name}") from None
                 time.sleep(0.5)
         if "moto" in command[0]:
-            import boto3
+            import boto3  # optional: comes with the test extra (moto), which this local S3 needs anyway
             boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_port}", **_boto_keys()).create_bucket(Bucket=bucket)
     keys = f"{DUMMY_KEYS['AWS_ACCESS_KEY_ID']}:{DUMMY_KEYS['AWS_SECRET_ACCESS_KEY']}"
     storage = (f"s3://{keys}@{bucket}/experiments?endpoint_override=127.0.0.1%3A{s3_port}&scheme=http"
@@ -151,7 +150,7 @@ def type_of(resources: dict[str, float], types: dict[str, dict[str, float]]) -> 
 def nodes(address: str, config_path: str = DEFAULT_CONFIG) -> list[dict]:
     """Every node the cluster has had: id, type, alive (lost nodes stay listed, not alive). Joins as a second
     driver: call `use_loopback()` before Ray is imported (main does)."""
-    import ray
+    import ray  # not at the top: use_loopback() must run before the process's first `import ray`
 
     host, _, port = address.rpartition(":")
     try:

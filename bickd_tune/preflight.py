@@ -2,14 +2,18 @@
 writable, data and teacher present.
 
 Each failure is a `ConfigError` with one line saying what and where, so a sweep never dies an hour in
-on something knowable at the start. Ray is imported inside the checks that use it: a process sets Ray's
-switches before its first `import ray` (bickd_tune.ray_env.use_loopback).
+on something knowable at the start. This module imports Ray: a process imports it only after setting Ray's
+switches (bickd_tune.ray_env.use_loopback), as the runner does.
 """
 from __future__ import annotations
 
 import os
+import tempfile
 import urllib.error
 import urllib.request
+
+import ray
+from mlflow.tracking import MlflowClient
 
 from bickd.config_io import ConfigError
 from bickd.data import load_data
@@ -17,7 +21,9 @@ from bickd.models import CheckpointError
 from bickd_tune.data_copy import downloaded_here
 from bickd_tune.experiment import ExperimentConfig
 from bickd_tune.paths import ExperimentPaths
+from bickd_tune.ray_env import init_ray
 from bickd_tune.storage import Storage, failure, for_a_check, without_query
+from bickd_tune.teacher import load_teacher_state
 
 PREFLIGHT_EXPERIMENT = "bickd-preflight"  # where the artifact-store check writes (its runs are deleted)
 # Ray names a node's type in its label ray.io/node-group (set from RAY_NODE_TYPE_NAME, which the autoscaler,
@@ -78,10 +84,6 @@ def check_tracking(tracking_uri: str) -> None:
 def check_artifact_store(tracking_uri: str) -> None:
     """Writes a test artifact through the MLflow server and reads it back: a wrong artifact bucket or missing
     credentials show now, not when the sweep's first artifact is uploaded at its end."""
-    import tempfile
-
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(tracking_uri)
     run_id = None
     # A broken store answers 500, which MLflow retries with backoff for minutes: one quick try decides here.
@@ -128,7 +130,6 @@ def check_data(experiment: ExperimentConfig, address: str | None = None) -> int:
     if experiment.teacher is not None and experiment.teacher.data is not None:
         sets["teacher.data"] = experiment.teacher.data
     if address is not None:
-        from bickd_tune.ray_env import init_ray
         init_ray(address)
         check_driver_placement(experiment)
     on_nodes = {field: data for field, data in sets.items()
@@ -159,8 +160,6 @@ def load_here(sets: dict) -> dict[str, int | str]:
 
 def _load_on_node(sets: dict) -> tuple[str, dict[str, int | str]]:
     """(this node's type, what `load_here` finds on it): runs as a Ray task."""
-    import ray
-
     node = (ray.get_runtime_context().get_node_labels().get(NODE_GROUP_LABEL) or os.environ.get(NODE_TYPE_ENV)
             or f"at {ray.util.get_node_ip_address()}")
     return node, load_here(sets)
@@ -169,8 +168,6 @@ def _load_on_node(sets: dict) -> tuple[str, dict[str, int | str]]:
 def load_where_trials_run(experiment: ExperimentConfig, sets: dict) -> dict[str, int | str]:
     """`load_here` in a Ray task placed like the trials (their custom resources, else their GPUs or CPUs, in
     slivers that fit beside running trials); each failure names the node type it was checked on."""
-    import ray
-
     r = experiment.resources
     if r.custom_resources:
         options = {"num_cpus": 0, "resources": {name: PROBE_SLIVER for name in r.custom_resources}}
@@ -189,8 +186,6 @@ def load_where_trials_run(experiment: ExperimentConfig, sets: dict) -> dict[str,
 def check_driver_placement(experiment: ExperimentConfig) -> None:
     """A DDP trial's driver asks for `resources.coordinator_resources`: some node of the cluster (its head, in
     cluster/*.yaml) must advertise their custom resources, else the trial would wait forever."""
-    import ray
-
     r = experiment.resources
     if r.num_workers == 0:
         return
@@ -209,7 +204,6 @@ def check_teacher_checkpoint(experiment: ExperimentConfig, num_classes: int) -> 
         return
     if not os.path.isfile(teacher.checkpoint):
         raise ConfigError(f"teacher.checkpoint: {teacher.checkpoint}: no such file")
-    from bickd_tune.teacher import load_teacher_state
     try:
         load_teacher_state(teacher.model, num_classes, teacher.checkpoint)
     except CheckpointError as err:

@@ -28,6 +28,7 @@ import tempfile
 
 import bickd
 from bickd.config_io import ConfigError
+from bickd_tune.processes import is_alive, kill, parent_of, processes_under
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding bickd_tune/
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -74,8 +75,6 @@ def local_temp_dir(paths) -> str:
 def stop_leftovers_of(paths) -> None:
     """Stops the local Ray processes a killed driver of this experiment left behind (a SIGKILLed driver's
     raylet, GCS and agents outlive it); refuses while a driver of this experiment is still running."""
-    from bickd_tune.processes import kill, parent_of, processes_under, is_alive
-
     folder = local_temp_dir(paths)
     if not os.path.isdir(folder):
         return
@@ -111,7 +110,7 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, temp_dir
     "local" is explicit so that a `ray start` cluster left running on this machine, or RAY_ADDRESS, is not
     joined by surprise: joining is what --address is for.
     """
-    import ray
+    import ray  # not at the top: use_loopback() must run before the process's first `import ray` (module docstring)
 
     if ray.is_initialized():
         return
@@ -126,6 +125,6 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, temp_dir
 
 
 def cluster_resources() -> dict[str, float]:
-    import ray
+    import ray  # not at the top: use_loopback() must run before the process's first `import ray` (module docstring)
 
     return {k: float(v) for k, v in ray.cluster_resources().items()}

@@ -20,14 +20,18 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: no display on cluster heads or CI
 import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
+from optuna.visualization import matplotlib as ovm  # noqa: E402
 
 from bickd.config_io import ConfigError, read_yaml, validate  # noqa: E402
 from bickd_tune.ablation import ablation_table, to_markdown  # noqa: E402
+from bickd_tune.confirm import PLAN_FILE, ConfirmPlan, confirmation_table, final_rows  # noqa: E402
+from bickd_tune.confirm import to_markdown as confirmation_markdown  # noqa: E402
 from bickd_tune.draws import shared_draws  # noqa: E402
 from bickd_tune.experiment import ExperimentConfig  # noqa: E402
-from bickd_tune.published import PAPER_CLAIMS_OVER_KD, RECIPES, anchors, method_of, published_row  # noqa: E402
 from bickd_tune.paths import ExperimentPaths  # noqa: E402
+from bickd_tune.published import PAPER_CLAIMS_OVER_KD, RECIPES, anchors, method_of, published_row  # noqa: E402
 from bickd_tune.tracking import TAG_KIND, Tracker, stage_of  # noqa: E402
 
 CURVE_METRIC = "val/top1"
@@ -118,9 +122,6 @@ def plot_ablation(table: pd.DataFrame, path: str) -> str:
 
 def optuna_plots(storage_url: str, study_name: str, folder: str) -> list[str]:
     """Optuna's own matplotlib views (of validation values): optimisation history, importances, slice plot."""
-    import optuna
-    from optuna.visualization import matplotlib as ovm
-
     try:
         study = optuna.load_study(study_name=study_name, storage=storage_url)
     except (KeyError, ValueError):
@@ -214,9 +215,6 @@ def _published_methods(experiment: ExperimentConfig, done: pd.DataFrame) -> str:
 def confirmation_section(experiment: ExperimentConfig, experiment_dir: str, runs: pd.DataFrame,
                          shared_with: list[str] | None = None) -> list[str]:
     """The claim the experiment ends with: the search's winners over fresh seeds against the control."""
-    from bickd_tune.confirm import PLAN_FILE, ConfirmPlan, confirmation_table, final_rows
-    from bickd_tune.confirm import to_markdown as confirmation_markdown
-
     plan_path = os.path.join(experiment_dir, PLAN_FILE)
     if experiment.confirm is None or not os.path.exists(plan_path):
         return []

@@ -9,17 +9,26 @@ from typing import Any
 import yaml
 
 from bickd.config_io import ConfigError
-from bickd_tune import draws, preflight
+from bickd_tune import confirm, draws, preflight, tuner
+from bickd_tune.ablation import write_table
+from bickd_tune.confirm import saved_plan
+from bickd_tune.data_copy import keep_in_storage
 from bickd_tune.experiment import ExperimentConfig
 from bickd_tune.paths import ExperimentPaths
 from bickd_tune.progress import Progress
-from bickd_tune.results import short
+from bickd_tune.ray_env import cluster_resources, init_ray, local_temp_dir, stop_leftovers_of
+from bickd_tune.report import write_experiment_report
+from bickd_tune.results import interrupted, result_rows, short, summary_lines, trial_of_this_run
+from bickd_tune.search import exhausted, retire_running_trials
+from bickd_tune.teacher import (TeacherStage, load_teacher_state, prepare_teacher_cache, prepare_teacher_caches,
+                                remote_options)
+from bickd_tune.tracking import Tracker, TrialLogger, flatten
+from bickd_tune.trial import trial_config
+from bickd_tune.tuner import check_resources, storage_has_state
 
 
 def run_experiment(experiment: ExperimentConfig, paths: ExperimentPaths, address: str | None = None,
                    num_cpus: float | None = None, resume: bool = False, write_report: bool = True) -> int:
-    from bickd_tune.tuner import storage_has_state
-
     exists = storage_has_state(paths)
     if exists and not resume:
         raise ConfigError(f"name: experiment '{experiment.name}' already exists in {paths.experiment_uri}; "
@@ -34,16 +43,13 @@ def run_experiment(experiment: ExperimentConfig, paths: ExperimentPaths, address
         _check_primary_unchanged(experiment, paths)
     teacher_ids = draws.teacher_ids(experiment, _given_teacher_weights(experiment, num_classes))
     shared = draws.check_independent(experiment, paths, teacher_ids)
-    from bickd_tune.ray_env import cluster_resources, init_ray, stop_leftovers_of, local_temp_dir
     if address is None:
         stop_leftovers_of(paths)  # the Ray processes of a driver of this experiment that was killed
     init_ray(address, num_cpus=num_cpus, temp_dir=local_temp_dir(paths) if address is None else None)
     if address is None:  # a joined cluster may autoscale from zero GPU workers: Tune waits for them
-        from bickd_tune.tuner import check_resources
         check_resources(experiment, cluster_resources())
 
     # Everything below may create files: all checks have passed.
-    from bickd_tune.data_copy import keep_in_storage
     experiment = keep_in_storage(experiment, paths)  # a downloaded data set: into the bucket, once
     created = not os.path.exists(paths.local_dir)
     os.makedirs(paths.local_dir, exist_ok=True)
@@ -60,7 +66,6 @@ def _given_teacher_weights(experiment: ExperimentConfig, num_classes: int):
     """The weights of a teacher given as a checkpoint (checked by the preflight), else None."""
     if experiment.teacher is None or experiment.teacher.checkpoint is None:
         return None
-    from bickd_tune.teacher import load_teacher_state
     return load_teacher_state(experiment.teacher.model, num_classes, experiment.teacher.checkpoint)
 
 
@@ -79,9 +84,6 @@ def _check_primary_unchanged(experiment: ExperimentConfig, paths: ExperimentPath
 
 def _run(experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int, resume: bool,
          write_report: bool, joined: bool, teacher_ids: list[str], shared: dict[str, list[str]]) -> int:
-    from bickd_tune.ray_env import cluster_resources
-    from bickd_tune.teacher import TeacherStage, remote_options
-
     config_text = yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False).encode()
     paths.storage().write_bytes("experiment.yaml", config_text)
     if paths.remote:  # the report reads it from the driver's working folder too
@@ -93,7 +95,6 @@ def _run(experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int,
     options = remote_options(experiment, None if joined else cluster_resources().get("CPU"))
     teacher = TeacherStage(experiment, paths, num_classes, options)
 
-    from bickd_tune.tracking import Tracker
 
     tracker = Tracker(paths.tracking_uri, experiment.tracking.experiment_name or experiment.name, paths.identity,
                       paths.local_dir)
@@ -102,7 +103,6 @@ def _run(experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int,
     try:
         teacher_state = teacher.finish(tracker, parent)
         draws.write_record(experiment, paths, draws.teacher_ids(experiment, teacher_state), shared)
-        from bickd_tune.teacher import prepare_teacher_cache
         base = prepare_teacher_cache(experiment, experiment.base_train_config(), teacher_state, paths, options)
         stages = _Stages(experiment, paths, tracker, parent, base, teacher_state, joined, resume, options)
         results = stages.main()
@@ -118,7 +118,6 @@ def _run(experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int,
             return 130
         summary = _summarise(experiment, paths, results, tracker, parent, confirmed)
         if write_report:
-            from bickd_tune.report import write_experiment_report
             write_experiment_report(paths.local_dir, tracking_uri=paths.tracking_uri, quiet=False)
         if paths.remote:
             _keep_outputs_in_storage(paths)
@@ -146,9 +145,6 @@ class _Stages:
     def main(self):
         """Runs (or resumes) the search or ablation; its ResultGrid, or None when the run was interrupted. A
         search whose confirmation has begun is finished: its results are read back, nothing runs again."""
-        from bickd_tune import tuner
-        from bickd_tune.confirm import saved_plan
-
         stage = self._drawing_per_seed(tuner.main_stage(self.experiment, self.paths), self.experiment.ablation)
         if self.experiment.confirm is not None and saved_plan(self.paths) is not None:
             return tuner.finished_results(stage, self._function(stage))
@@ -157,15 +153,12 @@ class _Stages:
         if results is not None and self.resume:
             self._retire_orphans(stage, results)
             if self.experiment.search is not None:
-                from bickd_tune.search import retire_running_trials
                 retire_running_trials(self.paths.optuna_storage, self.experiment.name)
         return results
 
     def confirm(self, search_results):
         """Trains the search's winners, the control and the default over fresh seeds; their ResultGrid and
         plan, or None when interrupted."""
-        from bickd_tune import confirm, tuner
-
         plan = confirm.load_or_choose(self.experiment, self.paths, self.base, search_results)
         print(f"[confirm] {len(plan.arms)} settings x {len(plan.seeds)} fresh seeds = {plan.trials} trials at the "
               f"full recipe, each compared with {plan.control}: {', '.join(plan.arms)}", flush=True)
@@ -182,7 +175,6 @@ class _Stages:
         """The stage with each seed's overrides: what it draws afresh (`per_seed`), and that seed's logit cache."""
         if stage.seeds is None:
             return stage
-        from bickd_tune.teacher import prepare_teacher_caches
         per_seed = list(section.per_seed) if section is not None else []
         configs = {seed: self.base.with_overrides(draws.seed_overrides(self.base, seed, per_seed))
                    for seed in stage.seeds}
@@ -195,14 +187,9 @@ class _Stages:
         return dataclasses.replace(stage, seed_overrides=overrides)
 
     def _function(self, stage):
-        from bickd_tune import tuner
         return tuner.trainable(self.experiment, self.paths, self.base, self.teacher_state, stage)
 
     def _fit(self, stage):
-        from bickd_tune import tuner
-        from bickd_tune.results import interrupted
-        from bickd_tune.tracking import TrialLogger
-
         describe = _describer(self.base, stage)
         logger = TrialLogger(self.tracker, self.parent, describe, stage.max_epochs,
                              {"experiment": self.experiment.name, "stage": stage.name})
@@ -217,14 +204,10 @@ class _Stages:
     def _retire_orphans(self, stage, results) -> None:
         """After a resume from a hard kill, trials that started after Tune's last state snapshot ran again
         under new ids: their first records are retired in MLflow (and in the Optuna study), so each counts once."""
-        from bickd_tune.results import trial_of_this_run
         self.tracker.retire_runs_of_other_trials(trial_of_this_run(results), stage.name)
 
 
 def _describer(base, stage):
-    from bickd_tune.tracking import flatten
-    from bickd_tune.trial import trial_config
-
     def describe(point: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """A trial's run name and its params: the whole resolved config."""
         config = trial_config(base, point, stage.arms, stage.seed_overrides)
@@ -239,15 +222,11 @@ def _describer(base, stage):
 def _search_exhausted(experiment: ExperimentConfig, paths: ExperimentPaths) -> bool:
     if experiment.search is None:
         return False
-    from bickd_tune.search import exhausted
     return exhausted(paths.optuna_storage, experiment.name)
 
 
 def _summarise(experiment: ExperimentConfig, paths: ExperimentPaths, results, tracker, parent: str,
                confirmed) -> str:
-    from bickd_tune.ablation import write_table
-    from bickd_tune.results import result_rows, summary_lines
-
     rows = result_rows(results, ablation=experiment.ablation is not None)
     trials_csv = os.path.join(paths.local_dir, "trials.csv")
     rows.to_csv(trials_csv, index=False)
@@ -270,9 +249,6 @@ def _summarise(experiment: ExperimentConfig, paths: ExperimentPaths, results, tr
 
 def _confirmation_lines(experiment: ExperimentConfig, paths: ExperimentPaths, tracker, parent: str, plan,
                         results) -> list[str]:
-    from bickd_tune import confirm
-    from bickd_tune.results import result_rows
-
     rows = result_rows(results, ablation=True)
     csv = os.path.join(paths.local_dir, "confirm_trials.csv")
     rows.to_csv(csv, index=False)

@@ -13,6 +13,13 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from bickd.config import (DataConfig, RecipeConfig, RuntimeConfig, StudentConfig, TeacherCacheConfig, TeacherConfig,
+                          TrainConfig)
+from bickd.data import DATASETS
+from bickd.losses import LOSSES
+from bickd_tune.experiment import (AblationConfig, AnalysisConfig, ConfirmConfig, ExperimentConfig, ResourcesConfig,
+                                   SchedulerConfig, SearchConfig, SearchParam, TrackingConfig)
+
 INTRO = """# The experiment YAML
 
 Written by `python -m bickd_tune.schema_doc` from the schema in `bickd/config.py`, `bickd/losses/*.py`,
@@ -81,12 +88,6 @@ def table(model: type[BaseModel], prefix: str = "") -> str:
 
 
 def document() -> str:
-    from bickd.config import DataConfig, RecipeConfig, RuntimeConfig, StudentConfig, TeacherCacheConfig, TeacherConfig, TrainConfig
-    from bickd.data import DATASETS
-    from bickd.losses import LOSSES
-    from bickd_tune.experiment import (AblationConfig, AnalysisConfig, ConfirmConfig, ExperimentConfig,
-                                       ResourcesConfig, SchedulerConfig, SearchConfig, SearchParam, TrackingConfig)
-
     parts = [INTRO, "## Top level", table(ExperimentConfig)]
     sections = [("data", DataConfig), ("teacher", TeacherConfig), ("student", StudentConfig), ("recipe", RecipeConfig),
                 ("runtime", RuntimeConfig), ("teacher_cache", TeacherCacheConfig), ("search", SearchConfig),

@@ -10,11 +10,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 from typing import Any
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
+import torch
 
 # pyarrow's file systems (pyarrow 25: S3, GCS, Azure Data Lake / Blob Storage as abfs[s]://, HDFS). Azure's az://
 # is not among them: abfss://<container>@<account>.dfs.core.windows.net/<path> names the same place.
@@ -96,11 +98,9 @@ class Storage:
         self.write_bytes(name, json.dumps(value, indent=1).encode())
 
     def read_torch(self, name: str) -> Any:
-        import torch
         return torch.load(io.BytesIO(self.read_bytes(name)), map_location="cpu", weights_only=True)
 
     def write_torch(self, name: str, value: Any) -> None:
-        import torch
         buffer = io.BytesIO()
         torch.save(value, buffer)
         self.write_bytes(name, buffer.getvalue())
@@ -132,7 +132,6 @@ class Storage:
         except OSError:  # another process on this node won the race with the same bytes
             pass
         finally:
-            import shutil
             shutil.rmtree(tmp, ignore_errors=True)
 
 

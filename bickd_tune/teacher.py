@@ -15,8 +15,10 @@ from typing import Any
 import ray
 import torch
 
+from bickd.config import TrainConfig
 from bickd.models import create_model, load_checkpoint
-from bickd.run import evaluate_weights, fit, print_report
+from bickd.run import build_teacher_cache, evaluate_weights, fit, print_report
+from bickd.teacher_cache import MANIFEST, cache_key, cache_name
 from bickd_tune.data_copy import on_this_node
 from bickd_tune.experiment import ExperimentConfig
 from bickd_tune.paths import ExperimentPaths
@@ -59,8 +61,6 @@ def with_threads(config_json: dict[str, Any], options: dict[str, Any]) -> dict[s
 
 @ray.remote(max_retries=3)  # a lost node re-runs the task, which continues from the last checkpoint
 def _train(config_json: dict[str, Any], storage: Storage) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
-    from bickd.config import TrainConfig
-
     config = on_this_node(TrainConfig.model_validate(config_json)).teacher_training_config()
     progress = storage.read_torch(PROGRESS) if storage.exists(PROGRESS) else None
     history: list[dict[str, float]] = []
@@ -85,7 +85,6 @@ def _train(config_json: dict[str, Any], storage: Storage) -> tuple[dict[str, tor
 
 @ray.remote
 def _evaluate(config_json: dict[str, Any], model_name: str, state: dict[str, torch.Tensor]):
-    from bickd.config import TrainConfig
     return evaluate_weights(on_this_node(TrainConfig.model_validate(config_json)), model_name, state)
 
 
@@ -150,9 +149,6 @@ class TeacherStage:
 @ray.remote(max_retries=3)
 def _build_cache(config_json: dict[str, Any], state: dict[str, torch.Tensor], storage: Storage, name: str) -> None:
     """Builds the cache on a worker and puts it into the experiment's storage."""
-    from bickd.config import TrainConfig
-    from bickd.run import build_teacher_cache
-
     config = on_this_node(TrainConfig.model_validate(config_json))
     if not is_remote(storage.uri):
         build_teacher_cache(config, state, os.path.join(storage.root, name))  # local storage: in place
@@ -175,7 +171,6 @@ def prepare_teacher_caches(experiment: ExperimentConfig, configs: list, state: d
     ones built at once as Ray tasks; configs without a cache come back unchanged."""
     if state is None:
         return list(configs)
-    from bickd.teacher_cache import MANIFEST, cache_key, cache_name
     storage = paths.storage()
     names = [f"teacher_cache/{cache_name(cache_key(c, state))}" if c.teacher_cache.enabled else None for c in configs]
     missing = {name: config for name, config in zip(names, configs)

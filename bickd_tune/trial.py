@@ -14,7 +14,13 @@ import os
 import tempfile
 from typing import Any
 
+import ray.train
+import ray.train.torch
 import torch
+from ray import tune
+from ray.train.torch import TorchTrainer
+from ray.tune import Checkpoint
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from bickd.config import TrainConfig
 from bickd.run import fit
@@ -81,15 +87,12 @@ def run_trial(point: dict[str, Any], *, base: TrainConfig, arms: dict[str, dict[
               storage_path: str, max_failures: int) -> None:
     """The Tune trainable (wrapped with `tune.with_parameters` by the driver). `worker_resources` is what
     the trial trains on: its own (num_workers 0) or each DDP worker's."""
-    from ray import tune
-
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     config = on_this_node(local_teacher_cache(trial_config(base, point, arms, seed_overrides)))
     if num_workers == 0:
         if config.runtime.threads is None:
             torch.set_num_threads(max(1, int(worker_resources["CPU"])))
-        from ray.tune import Checkpoint
         fit(config, report=_report_with(tune.report, Checkpoint), resume=_load_state(tune.get_checkpoint()),
             teacher_state=teacher_state)
         return
@@ -98,11 +101,6 @@ def run_trial(point: dict[str, Any], *, base: TrainConfig, arms: dict[str, dict[
 
 def _run_torch_trainer(config: TrainConfig, teacher_state, num_workers: int, worker_resources: dict[str, float],
                        storage_path: str, max_failures: int) -> None:
-    import ray.train
-    from ray import tune
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     context = tune.get_context()
     trainer = TorchTrainer(
         _worker_loop,
@@ -121,9 +119,6 @@ def _run_torch_trainer(config: TrainConfig, teacher_state, num_workers: int, wor
 
 def _worker_loop(loop_config: dict[str, Any]) -> None:
     """Runs on every DDP worker; Ray Train has set up the torch.distributed process group."""
-    import ray.train
-    import ray.train.torch
-
     config = on_this_node(local_teacher_cache(TrainConfig.model_validate(loop_config["config"])))
     fit(config, report=_report_with(ray.train.report, ray.train.Checkpoint),
         resume=_load_state(ray.train.get_checkpoint()), device=ray.train.torch.get_device(),

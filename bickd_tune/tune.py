@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from bickd.config_io import ConfigError, parse_overrides
+from bickd.data.registry import val_fraction_of
 from bickd_tune.experiment import SEED_DRAWS, ExperimentConfig, drawn_per_seed, load_experiment
 from bickd_tune.paths import ExperimentPaths
 from bickd_tune.ray_env import use_loopback
@@ -117,7 +118,6 @@ def plan_lines(experiment: ExperimentConfig, paths: ExperimentPaths) -> list[str
                f"{experiment.teacher.model} from {experiment.teacher.checkpoint}" if experiment.teacher.checkpoint
                else f"{experiment.teacher.model}, trained once before the trials on {teacher_cpus}"
                + (" and one GPU" if resources.gpus_per_trial else ""))
-    from bickd.data.registry import val_fraction_of
     fraction = val_fraction_of(experiment.data)
     split = ("NO validation split (val_fraction 0): choices are made on the test set and overstate it"
              if fraction == 0 else f"{fraction:.0%} of the training data held out for validation, which every "
@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.address is None or args.address.split(":")[0] in ("127.0.0.1", "localhost"):
         use_loopback()  # before anything imports Ray: a local instance or cluster needs no outward address
+    # heavy: the runner loads Ray, MLflow and Optuna (seconds); --help, --dry-run and bad input never wait for
+    # them, and use_loopback() above must come before Ray's import
     from bickd_tune.runner import run_experiment
     try:
         return run_experiment(experiment, paths, address=args.address, num_cpus=args.num_cpus,

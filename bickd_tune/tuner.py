@@ -9,12 +9,16 @@ from typing import Any
 
 from ray import tune
 from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler
 
 from bickd.config import TrainConfig
 from bickd.config_io import ConfigError
 from bickd_tune.experiment import ExperimentConfig
 from bickd_tune.paths import ExperimentPaths
+from bickd_tune.ray_env import cluster_resources
+from bickd_tune.search import build_searcher
 from bickd_tune.storage import Storage, join
+from bickd_tune.trial import run_trial
 
 OPTUNA_DB = "optuna.db"
 
@@ -91,8 +95,6 @@ def check_resources(experiment: ExperimentConfig, available: dict[str, float]) -
 
 
 def trainable(experiment: ExperimentConfig, paths: ExperimentPaths, base: TrainConfig, teacher_state, stage: Stage):
-    from bickd_tune.trial import run_trial
-
     r = experiment.resources
     function = tune.with_parameters(
         run_trial, base=base, arms=stage.arms, seed_overrides=stage.seed_overrides, teacher_state=teacher_state,
@@ -131,11 +133,6 @@ def restore_working_files(paths: ExperimentPaths) -> None:
 
 def new_tuner(experiment: ExperimentConfig, paths: ExperimentPaths, function, callbacks: list[Callback],
               base: TrainConfig, joined: bool, stage: Stage) -> tune.Tuner:
-    from ray.tune.schedulers import ASHAScheduler
-
-    from bickd_tune.ray_env import cluster_resources
-    from bickd_tune.search import build_searcher
-
     search_alg, scheduler, param_space, num_samples = None, None, {}, 1
     if stage.arms is None:
         search_alg = build_searcher(experiment.search, paths.optuna_storage, experiment.name, base,
