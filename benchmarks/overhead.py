@@ -31,9 +31,17 @@ import tempfile
 import threading
 import time
 
+import optuna
+import ray
 import yaml
+from ray import tune
+from ray.tune import ExperimentAnalysis
+from ray.tune.search.optuna import OptunaSearch
 
 from benchmarks.throughput import cpu_name
+from bickd.config import TrainConfig
+from bickd.models import save_checkpoint
+from bickd.run import fit, train_teacher
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLOTS = 2
@@ -56,10 +64,6 @@ def _env() -> dict[str, str]:
 
 def make_teacher(folder: str) -> str:
     """A teacher checkpoint both arms distil from (trained here once, before any timing)."""
-    from bickd.config import TrainConfig
-    from bickd.models import save_checkpoint
-    from bickd.run import train_teacher
-
     config = TrainConfig.model_validate({**TRIAL, "recipe": {**TRIAL["recipe"], "epochs": 2}})
     state, _ = train_teacher(config, report=lambda m, s: None)
     return save_checkpoint(state, os.path.join(folder, "teacher.pt"))
@@ -67,14 +71,6 @@ def make_teacher(folder: str) -> str:
 
 def bare(n: int, folder: str, teacher: str) -> None:
     """Arm (a), in this process: what a user would script with the bare tools."""
-    import optuna
-    import ray
-    from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
-
-    from bickd.config import TrainConfig
-    from bickd.run import fit
-
     base = TrainConfig.model_validate({**TRIAL, "teacher": {"model": "resnet8", "checkpoint": teacher}})
 
     def trainable(config):
@@ -132,8 +128,6 @@ class Watched:
 
 def training_seconds(experiment_path: str) -> float:
     """The trials' summed training time, from Tune's own records of every reported epoch."""
-    from ray.tune import ExperimentAnalysis
-
     frames = ExperimentAnalysis(experiment_path).trial_dataframes.values()
     return float(sum(frame["time/train_s"].sum() for frame in frames if "time/train_s" in frame))
 
@@ -210,7 +204,7 @@ def finished_trials(experiment: str) -> int:
 def killed_and_resumed(n: int, folder: str, teacher: str) -> dict:
     """A sweep of n trials SIGKILLed once about half have finished, then `--resume`d: the time from the resume
     command to its first new trial's first training step, and whether every trial is in MLflow and Optuna once."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # heavy: not in the bare arm's process, whose peak memory is measured
 
     name = "platform-resume"
     path = platform_yaml(folder, teacher, name)
@@ -239,7 +233,6 @@ def killed_and_resumed(n: int, folder: str, teacher: str) -> dict:
     starts = [m.value for run in runs for m in client.get_metric_history(run.info.run_id, "time/started_at")]
     doubled = sum(len(steps) != len(set(steps)) for steps in
                   ([m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] for run in runs))
-    import optuna
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{experiment}/optuna.db")
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return {"n": n, "killed_after": killed_at, "first_new_step_s": min(s for s in starts if s > resumed_at) - resumed_at,
@@ -251,7 +244,7 @@ def killed_and_resumed(n: int, folder: str, teacher: str) -> dict:
 def fixed_cost(folder: str) -> dict:
     """The demo experiment from the command's start to its first trial's first training step, less the
     teacher's own epochs."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # heavy: not in the bare arm's process, whose peak memory is measured
 
     start = time.time()
     subprocess.run([sys.executable, "-m", "platform.tune", "search_spaces/demo.yaml", "--storage", folder,

@@ -7,21 +7,26 @@ import os
 import tempfile
 import time
 
+import numpy as np
+import torch
+
+from benchmarks.workload import NUM_CLASSES, NUM_IMAGES, autocast, sync, synthetic_data, teacher_and_student
+from bickd.config import TrainConfig
+from bickd.data import make_batches
+from bickd.data.cifar import write_cifar100
+from bickd.losses import KDLoss
+from bickd.models import create_model
+from bickd.run import fit
+
 PAPER_ABLATION = {"arms": 10, "seeds": 3, "epochs": 240}  # method.md's ablation arms, 3 seeds, the 240-epoch recipe
 
 
 def _packed_trial(k: int, teacher_name: str, student_name: str, batch: int, device: str, amp: str,
                   seconds: float) -> tuple[int, float]:
     """One of k trials sharing a GPU: the cached-teacher step for `seconds` after a warm-up; (images, seconds)."""
-    import torch
-
-    from benchmarks.throughput import NUM_CLASSES, NUM_IMAGES, _autocast, _data, _models, _sync
-    from bickd.data import make_batches
-    from bickd.losses import KDLoss
-
     torch.set_num_threads(1)
-    data = _data()
-    _, student = _models(teacher_name, student_name, device)
+    data = synthetic_data()
+    _, student = teacher_and_student(teacher_name, student_name, device)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
     loss_fn = KDLoss()
     logits = torch.randn(NUM_IMAGES, NUM_CLASSES, device=device)  # the lookup: an index into stored logits
@@ -31,7 +36,7 @@ def _packed_trial(k: int, teacher_name: str, student_name: str, batch: int, devi
         epoch = 0
         while True:
             for images, labels, idx in batches.train(epoch):
-                with _autocast(device, amp):
+                with autocast(device, amp):
                     out = student(images)
                 total, _ = loss_fn(out, logits[idx.to(device)], labels)
                 optimizer.zero_grad(set_to_none=True)
@@ -42,19 +47,19 @@ def _packed_trial(k: int, teacher_name: str, student_name: str, batch: int, devi
     stream = steps()
     for _ in range(3):
         next(stream)
-    _sync(device)
+    sync(device)
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         next(stream)
         done += 1
-    _sync(device)
+    sync(device)
     return done * batch, time.perf_counter() - start
 
 
 def packing(counts: tuple[int, ...], teacher_name: str, student_name: str, batch: int, device: str, amp: str,
             seconds: float) -> dict[int, float]:
     """Aggregate img/s of k trials packed onto one GPU (each asking Ray for 1/k of it), for each k in counts."""
-    import ray
+    import ray  # heavy: not in benchmarks.throughput's arm processes (they import this module; memory measured)
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ray.init(num_cpus=max(max(counts), os.cpu_count() or 1), num_gpus=1, include_dashboard=False,  # one GPU, shared
@@ -73,14 +78,6 @@ def packing(counts: tuple[int, ...], teacher_name: str, student_name: str, batch
 def cifar_epoch(teacher_name: str, student_name: str, device: str, amp: str, images: int) -> dict[str, float]:
     """One epoch of the CIFAR-100 recipe (batch 64, live teacher, 10% held out for validation) on a synthetic
     CIFAR-format set of `images` training and images/5 test images; seconds of training and of evaluation."""
-    import numpy as np
-    import torch
-
-    from bickd.config import TrainConfig
-    from bickd.data.cifar import write_cifar100
-    from bickd.models import create_model
-    from bickd.run import fit
-
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as folder:
         write_cifar100(folder, rng.integers(0, 256, (images, 3, 32, 32), dtype=np.uint8), rng.integers(0, 100, images),

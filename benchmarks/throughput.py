@@ -29,36 +29,17 @@ import sys
 import tempfile
 import time
 
+import torch
+import torch.nn.functional as F
+import yaml
+
+from benchmarks import plan
+from benchmarks.workload import NUM_CLASSES, NUM_IMAGES, autocast, sync, synthetic_data, teacher_and_student
+from bickd.data import load_dataset, make_batches
+from bickd.losses import BicKDLoss, KDLoss
+from bickd.teacher_cache import TeacherLogitCache, write_cache
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_IMAGES, NUM_CLASSES = 2048, 100
-
-
-def _data():
-    import torch
-
-    from bickd.data import AugmentSpec, ImageData
-    from bickd.data.cifar import MEAN, STD
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (NUM_IMAGES, 3, 32, 32), dtype=torch.uint8, generator=generator)
-    labels = torch.randint(0, NUM_CLASSES, (NUM_IMAGES,), generator=generator)
-    return ImageData(images, labels, images[:256], labels[:256], NUM_CLASSES, MEAN, STD, AugmentSpec(4, True),
-                     tuple(map(str, range(NUM_CLASSES))), "synthetic-cifar")
-
-
-def _models(teacher_name: str, student_name: str, device="cpu"):
-    import torch
-
-    from bickd.models import create_model
-    torch.manual_seed(0)
-    teacher = create_model(teacher_name, NUM_CLASSES).to(device, memory_format=torch.channels_last).eval()
-    student = create_model(student_name, NUM_CLASSES).to(device, memory_format=torch.channels_last).train()
-    return teacher, student
-
-
-def _sync(device) -> None:
-    import torch
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()  # a GPU step is timed when it has run, not when it was queued
 
 
 def _timed_steps(step, batches, warmup: int, steps: int, device="cpu") -> float:
@@ -66,24 +47,16 @@ def _timed_steps(step, batches, warmup: int, steps: int, device="cpu") -> float:
     iterator = iter(batches)
     for _ in range(warmup):
         step(*next(iterator))
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         step(*next(iterator))
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - start) / steps
-
-
-def _autocast(device, amp: str):
-    import torch
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp == "bf16")
 
 
 def loss_seconds(batch: int) -> dict[str, float]:
     """Seconds per forward+backward of the KD and BicKD losses alone, on logits (no data set, no networks)."""
-    import torch
-
-    from bickd.losses import BicKDLoss, KDLoss
     zs = torch.randn(batch, NUM_CLASSES, requires_grad=True)
     zt, y = torch.randn(batch, NUM_CLASSES), torch.randint(0, NUM_CLASSES, (batch,))
     seconds = {}
@@ -100,21 +73,14 @@ ARMS = ("reference", "reference-2w", "live", "cached", "bound")
 
 def run_arm(arm: str, teacher_name: str, student_name: str, warmup: int, steps: int, batch: int,
             device: str = "cpu", amp: str = "off") -> dict:
-    import torch
-    import torch.nn.functional as F
-
-    from bickd.data import make_batches
-    from bickd.losses import KDLoss
-    from bickd.teacher_cache import TeacherLogitCache, write_cache
-
     result = {"arm": arm}
-    data = _data()
-    teacher, student = _models(teacher_name, student_name, device)
+    data = synthetic_data()
+    teacher, student = teacher_and_student(teacher_name, student_name, device)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     loss_fn = KDLoss()
 
     def kd_step(images, labels, teacher_logits):
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = student(images)
         total, _ = loss_fn(logits, teacher_logits, labels)
         optimizer.zero_grad(set_to_none=True)
@@ -122,10 +88,11 @@ def run_arm(arm: str, teacher_name: str, student_name: str, warmup: int, steps: 
         optimizer.step()
 
     def teacher_forward(images):
-        with torch.no_grad(), _autocast(device, amp):
+        with torch.no_grad(), autocast(device, amp):
             return teacher(images).float()
 
     if arm.startswith("reference"):
+        # heavy: PIL and torchvision only in the reference arms; each arm's process has its peak memory measured
         from PIL import Image
         from torchvision import transforms
 
@@ -180,7 +147,7 @@ def run_arm(arm: str, teacher_name: str, student_name: str, warmup: int, steps: 
         labels = torch.randint(0, NUM_CLASSES, (batch,), device=device)
 
         def step(x, y):
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 loss = F.cross_entropy(student(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -204,8 +171,7 @@ def sweep_overhead(quick: bool) -> dict:
     evaluating, checkpointing and logging between epochs, shutting down. Those costs are fixed per sweep or
     per epoch, so their share depends on how long trials train: the trial length is printed with it.
     """
-    import yaml
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # heavy: not in the arms' processes, whose peak memory is measured
 
     with tempfile.TemporaryDirectory() as folder:
         experiment = {
@@ -224,7 +190,6 @@ def sweep_overhead(quick: bool) -> dict:
         with open(path, "w") as handle:
             yaml.safe_dump(experiment, handle)
         # the data set is generated once per machine, not per sweep: done before timing
-        from bickd.data import load_dataset
         load_dataset("shapes100", root=os.path.join(folder, "data"), image_size=16, **experiment["data"]["options"])
         start = time.time()
         subprocess.run([sys.executable, "-m", "platform.tune", path, "--no-report"], cwd=REPO, check=True,
@@ -288,7 +253,6 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_arm(args.arm, args.teacher, args.student, warmup, steps, args.batch, args.device, amp)))
         return 0
 
-    import torch
     where = torch.cuda.get_device_name() if gpu else f"{cpu_name()}, {os.cpu_count()} CPUs"
     print(f"machine: {where}, torch {torch.__version__}; {'bf16' if gpu else 'fp32'}, channels_last, batch "
           f"{args.batch}; {args.teacher} -> {args.student}", flush=True)
@@ -330,8 +294,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _gpu_plan(args, amp: str, cached_speedup: float) -> int:
-    from benchmarks import plan
-
     counts, seconds, images = ((1, 2), 2.0, 1024) if args.quick else ((1, 2, 4, 8), 20.0, 50_000)
     packed = plan.packing(counts, args.teacher, args.student, args.batch, args.device, amp, seconds)
     for k, rate in packed.items():

@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def server_store(name: str):
             sys.path.insert(0, REPO)  # tests.servers: the project's PostgreSQL and MLflow server helpers
-            from tests.servers import mlflow_server, postgres_server
+            from tests.servers import mlflow_server, postgres_server  # tests/ is not installed: after the line above
             database = servers.enter_context(postgres_server(durable=True))
             os.makedirs(os.path.join(folder, name))
             url = servers.enter_context(mlflow_server(os.path.join(folder, name), os.path.join(folder, name, "artifacts"),
