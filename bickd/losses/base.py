@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+from pydantic import Field
 
 from bickd.schema import StrictModel
 
@@ -44,6 +45,18 @@ class DistillationLoss(torch.nn.Module):
         raise NotImplementedError
 
 
-def linear_ramp(epoch: float, warmup_epochs: float) -> float:
-    """min(epoch / warmup, 1); no warm-up means full weight from the first step."""
+def ce_weight_field(default: float):
+    """The pydantic field of a loss's cross-entropy weight (on the raw logits, against the labels)."""
+    return Field(default, ge=0, description="cross-entropy weight")
+
+
+def linear_ramp(epoch: float, warmup_epochs: float, *, whole_epochs: bool = False) -> float:
+    """min(epoch / warmup, 1); no warm-up means full weight from the first step.
+
+    `whole_epochs`: mdistiller's ramp (DKD), which counts epochs from 1 and holds the weight constant within an
+    epoch: epoch 0 (0-based, as our loop counts) trains at 1/warmup, epoch warmup-1 at full weight. Without it
+    the ramp advances per step (fractional epochs), from 0 at the first step.
+    """
+    if whole_epochs:
+        epoch = int(epoch) + 1
     return 1.0 if warmup_epochs == 0 else min(max(epoch, 0.0) / warmup_epochs, 1.0)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from bickd.losses.base import DistillationLoss, Parts, linear_ramp
+from bickd.losses.base import DistillationLoss, Parts, ce_weight_field, linear_ramp
 from bickd.losses.kd import kl_at_temperature
 from bickd.losses.standardization import standardize_field, standardized
 from bickd.schema import StrictModel
@@ -31,7 +31,7 @@ _EPS = 1e-12  # floor of a vector norm: a class column with no mass in the batch
 class BicKDParams(StrictModel):
     name: Literal["bickd"] = "bickd"
     T: float = Field(4.0, gt=0, description="KD temperature")
-    w_ce: float = Field(0.1, ge=0, description="cross-entropy weight")
+    w_ce: float = ce_weight_field(0.1)
     w_kl: float = Field(0.9, ge=0, description="KL weight")
     Tb: float | None = Field(None, gt=0, description="softmax temperature of the bilateral term (default: T)")
     tau: float = Field(0.1, gt=0, description="InfoNCE temperature")

@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from bickd.losses.base import DistillationLoss, Parts
+from bickd.losses.base import DistillationLoss, Parts, ce_weight_field
 from bickd.schema import StrictModel
 
 
 class DISTParams(StrictModel):
     name: Literal["dist"] = "dist"
     tau: float = Field(4.0, gt=0, description="softmax temperature (4 on CIFAR)")
-    w_ce: float = Field(1.0, ge=0, description="cross-entropy weight")
+    w_ce: float = ce_weight_field(1.0)
     beta: float = Field(2.0, ge=0, description="inter-class (row) relation weight")
     gamma: float = Field(2.0, ge=0, description="intra-class (column) relation weight")
 

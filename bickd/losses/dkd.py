@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from bickd.losses.base import DistillationLoss, Parts
+from bickd.losses.base import DistillationLoss, Parts, ce_weight_field, linear_ramp
 from bickd.losses.standardization import standardize_field, standardized
 from bickd.schema import StrictModel
 
@@ -22,7 +22,7 @@ _MASKED = -1e9  # finite, so 0 * (masked - masked) stays 0 instead of NaN
 class DKDParams(StrictModel):
     name: Literal["dkd"] = "dkd"
     T: float = Field(4.0, gt=0, description="temperature")
-    w_ce: float = Field(1.0, ge=0, description="cross-entropy weight")
+    w_ce: float = ce_weight_field(1.0)
     alpha: float = Field(1.0, ge=0, description="TCKD weight")
     beta: float = Field(8.0, ge=0, description="NCKD weight (8 for resnet32x4 -> resnet8x4)")
     warmup_epochs: float = Field(20, ge=0, description="linear ramp of the KD part (0 = none)")
@@ -41,12 +41,6 @@ def _binary_log_probs(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """Mean over rows of KL(p || q) from log-probabilities."""
     return (log_p.exp() * (log_p - log_q)).sum(1).mean()
-
-
-def warmup_factor(epoch: float, warmup_epochs: float) -> float:
-    """mdistiller's min(epoch / warmup, 1) with its 1-based epoch, constant within an epoch: epoch 0
-    (0-based, as our loop counts) trains at 1/warmup, epoch warmup-1 at full weight."""
-    return 1.0 if warmup_epochs == 0 else min((int(epoch) + 1) / warmup_epochs, 1.0)
 
 
 class DKDLoss(DistillationLoss):
@@ -68,6 +62,6 @@ class DKDLoss(DistillationLoss):
         target = F.one_hot(labels, zs.shape[1]).bool()
         nckd = _kl(F.log_softmax(zt.masked_fill(target, _MASKED), dim=1),
                    F.log_softmax(zs.masked_fill(target, _MASKED), dim=1)) * p.T ** 2
-        ramp = warmup_factor(epoch, p.warmup_epochs)
+        ramp = linear_ramp(epoch, p.warmup_epochs, whole_epochs=True)  # as mdistiller
         total = p.w_ce * ce + ramp * (p.alpha * tckd + p.beta * nckd)
         return total, {"ce": ce.detach(), "tckd": tckd.detach(), "nckd": nckd.detach()}

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from bickd.losses.base import DistillationLoss, Parts
+from bickd.losses.base import DistillationLoss, Parts, ce_weight_field
 from bickd.losses.standardization import standardize_field, standardized
 from bickd.schema import StrictModel
 
@@ -19,7 +19,7 @@ from bickd.schema import StrictModel
 class KDParams(StrictModel):
     name: Literal["kd"] = "kd"
     T: float = Field(4.0, gt=0, description="KD temperature")
-    w_ce: float = Field(0.1, ge=0, description="cross-entropy weight")
+    w_ce: float = ce_weight_field(0.1)
     w_kl: float = Field(0.9, ge=0, description="KL weight")
     standardize: bool = standardize_field("the KL's logits (LS README, resnet32x4 -> resnet8x4: T 2, w_kl 9)")
 
