@@ -33,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ray.runtime_env import RuntimeEnv
+
+from bickd_tune.ray_env import joined_runtime_env
 
 try:
     from bickd_tune.ray_internals import prepare_config, validate_config
@@ -295,10 +298,6 @@ def kuberay_problems(job: dict[str, Any]) -> list[str]:
 
 def runtime_env_problems(spec: dict[str, Any]) -> list[str]:
     """A runtime env Ray accepts, that the platform's own ray.init can add to, and that reaches Ray intact."""
-    from ray.runtime_env import RuntimeEnv  # Ray and the project only for a RayJob
-
-    from bickd_tune.ray_env import joined_runtime_env
-
     text = str(spec.get("runtimeEnvYAML") or "")
     problems = []
     try:

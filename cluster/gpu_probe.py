@@ -16,7 +16,7 @@ DEFAULT_TIMEOUT_S = 900  # a first GPU node: the VM, the image pull, the project
 
 
 def what_torch_sees() -> dict:
-    import torch
+    import torch  # the probe task's own import, on the GPU node (the driver never needs torch)
 
     if not torch.cuda.is_available():
         return {"gpu": None, "cuda": torch.version.cuda}
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.address.split(":")[0] in ("127.0.0.1", "localhost"):
         use_loopback()  # before Ray is imported: a cluster on this machine, with this machine's token
-    import ray
+    import ray  # not at the top: use_loopback() above must run before the process's first `import ray`
 
     init_ray(args.address)
     probe = ray.remote(num_cpus=0, num_gpus=1, resources={args.resource: 1})(what_torch_sees).remote()

@@ -13,18 +13,16 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # Local instances on 127.0.0.1, as `python -m platform.tune` starts them (bickd_tune/ray_env.py says why); set
 # before any test module imports Ray, which reads it once.
-from bickd_tune.ray_env import use_loopback  # noqa: E402  (imports no Ray)
+from bickd_tune.ray_env import init_ray, use_loopback  # noqa: E402  (imports no Ray)
 
 use_loopback()
+
+import ray  # noqa: E402  (after use_loopback(), which Ray reads when it is imported)
 
 
 @pytest.fixture(scope="module")
 def ray_local():
     """A real single-node Ray instance for the module (4 logical CPUs on a 2-core machine, as documented)."""
-    import ray
-
-    from bickd_tune.ray_env import init_ray
-
     if ray.is_initialized():
         ray.shutdown()
     init_ray(num_cpus=4)
