@@ -132,6 +132,14 @@ def drawn_per_seed(base: TrainConfig, per_seed: list[str]) -> list[str]:
     return [d for d in SEED_DRAWS if d in per_seed or (d == "views" and not base.teacher_cache.enabled)]
 
 
+def varied_and_shared(drawn: list[str]) -> tuple[list[str], list[str]]:
+    """(what each seed draws, what every seed shares) in runs whose seeds draw `drawn` (drawn_per_seed), named
+    for a reader: the plan's seeds line and the tables' seeds note."""
+    named = {draw: SEED_DRAWS[draw].split(" (")[0] for draw in SEED_DRAWS}
+    return (["initialisation", "data order", *(named[draw] for draw in drawn)],
+            [named[draw] for draw in SEED_DRAWS if draw not in drawn])
+
+
 class SeededRuns(StrictModel):
     """What the ablation and the confirmation share: seeds, what each seed draws, and whether a seed another
     experiment already trained with the same draws may be used again."""

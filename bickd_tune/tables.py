@@ -9,7 +9,7 @@ from dataclasses import asdict
 import pandas as pd
 
 from bickd_tune import statistics
-from bickd_tune.experiment import SEED_DRAWS, AnalysisConfig
+from bickd_tune.experiment import AnalysisConfig, varied_and_shared
 from bickd_tune.statistics import Comparison
 
 METRIC = "test_top1"  # what arms are compared on: the final model's test top-1 (nothing is chosen on it)
@@ -88,8 +88,7 @@ def _delta(c: Comparison) -> str:
 def seeds_note(seeds: list[int], drawn: list[str], shared_with: list[str]) -> str:
     """What a seed varied in these runs (`drawn`: experiment.drawn_per_seed), and whether they share draws with
     another experiment."""
-    varied = ["initialisation", "data order", *(SEED_DRAWS[d].split(" (")[0] for d in drawn)]
-    fixed = [SEED_DRAWS[d].split(" (")[0] for d in SEED_DRAWS if d not in drawn]
+    varied, fixed = varied_and_shared(drawn)
     note = f"Seeds {seeds}: each seed drew {', '.join(varied)}"
     note += f"; every seed shared {' and '.join(fixed)}." if fixed else "."
     if shared_with:

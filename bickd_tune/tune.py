@@ -17,7 +17,7 @@ from typing import Any
 
 from bickd.config_io import ConfigError, parse_overrides
 from bickd.data.registry import val_fraction_of
-from bickd_tune.experiment import SEED_DRAWS, ExperimentConfig, drawn_per_seed, load_experiment
+from bickd_tune.experiment import ExperimentConfig, drawn_per_seed, load_experiment, varied_and_shared
 from bickd_tune.paths import ExperimentPaths
 from bickd_tune.ray_env import use_loopback
 
@@ -64,10 +64,7 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _seed_draws(experiment: ExperimentConfig, per_seed: list[str]) -> str:
     """What each seed of an ablation or confirmation draws, and what all of them share."""
-    base = experiment.base_train_config()
-    drawn = ["initialisation", "data order", *(SEED_DRAWS[d].split(" (")[0] for d in drawn_per_seed(base, per_seed))]
-    shared = [name for draw, name in (("views", "the augmented views"), ("split", "the validation split"))
-              if draw not in drawn_per_seed(base, per_seed)]
+    drawn, shared = varied_and_shared(drawn_per_seed(experiment.base_train_config(), per_seed))
     return (f"each seed draws {', '.join(drawn)}" + (f"; every seed shares {' and '.join(shared)}" if shared else "")
             + "; the teacher and the data are the same for all")
 
