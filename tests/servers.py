@@ -35,6 +35,7 @@ def free_port() -> int:
 @contextmanager
 def s3_server(bucket: str):
     """(endpoint, storage URI prefix for pyarrow and Ray) of a fresh S3 server holding `bucket`."""
+    # optional: boto3 and moto come with the test extra and only the S3 tests need them (moto loads Flask)
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -53,7 +54,7 @@ def s3_server(bucket: str):
 
 
 def bucket_keys(endpoint: str, bucket: str, prefix: str = "") -> list[str]:
-    import boto3
+    import boto3  # optional: the test extra's, only for the S3 tests
     client = boto3.client("s3", endpoint_url=endpoint)
     keys, token = [], None
     while True:

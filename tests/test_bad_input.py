@@ -9,9 +9,11 @@ import sys
 import pytest
 import yaml
 
+from bickd_tune import tune as tune_cli
 from bickd_tune.experiment import ExperimentConfig
 from bickd_tune.tune import build_parser
 from tests.conftest import TINY, deep_update
+from tests.servers import CREDENTIALS, mlflow_server, s3_server
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 with open(os.path.join(os.path.dirname(__file__), "data", "bad_inputs.yaml"), encoding="utf-8") as handle:
@@ -71,8 +73,6 @@ def _prepare(case: dict, tmp_path) -> list[str]:
 
 @pytest.mark.parametrize("case", CATALOGUE, ids=[c["id"] for c in CATALOGUE])
 def test_bad_input_is_refused_cleanly(case, tmp_path, capsys):
-    from bickd_tune import tune as tune_cli
-
     argv = _prepare(case, tmp_path)
     try:
         code = tune_cli.main(argv)
@@ -101,8 +101,6 @@ def test_cli_subprocess_prints_no_traceback(tmp_path):
 def test_a_wrong_artifact_bucket_or_storage_bucket_is_one_line_before_anything_starts(tmp_path):
     """A real MLflow server whose artifact store is a bucket that does not exist, and a --storage bucket that
     does not exist, on a real local S3 server: each is one error line, exit 2, before Ray or a trial starts."""
-    from tests.servers import CREDENTIALS, mlflow_server, s3_server
-
     with s3_server("present") as (endpoint, uri), \
             mlflow_server(str(tmp_path), "s3://absent/mlflow", endpoint) as broken_tracking:
         path = tmp_path / "remote.yaml"

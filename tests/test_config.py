@@ -5,6 +5,7 @@ import yaml
 from bickd.config import TrainConfig
 from bickd.config_io import ConfigError, validate
 from bickd_tune.experiment import ExperimentConfig, load_experiment
+from bickd_tune.trial import trial_config
 
 BASE = {"data": {"name": "digits"}, "teacher": {"model": "resnet20"}, "student": {"model": "resnet8"},
         "recipe": {"epochs": 4, "milestones": [2, 3]}}
@@ -66,8 +67,6 @@ def _loss_of(config) -> dict:
 
 @pytest.mark.parametrize("old, new, defaults", SWITCHES, ids=[f"{o}-to-{n}" for o, n, _ in SWITCHES])
 def test_a_switched_loss_gets_its_own_defaults_in_a_search_an_arm_and_set(tmp_path, old, new, defaults):
-    from bickd_tune.trial import trial_config
-
     search = load_experiment(_experiment(tmp_path, old, search={
         "num_samples": 2, "space": {"loss.name": {"choice": [old, new]}}}))
     from_search = trial_config(search.base_train_config(), {"loss.name": new}, None)
@@ -85,8 +84,6 @@ def test_a_switched_loss_gets_its_own_defaults_in_a_search_an_arm_and_set(tmp_pa
 
 
 def test_losses_section_sets_the_parameters_of_a_switched_to_loss(tmp_path):
-    from bickd_tune.trial import trial_config
-
     experiment = load_experiment(_experiment(tmp_path, "bickd", losses={"dist": {"tau": 2.0}}, search={
         "num_samples": 2, "space": {"loss.name": {"choice": ["bickd", "dist"]}}}))
     dist = trial_config(experiment.base_train_config(), {"loss.name": "dist"}, None)

@@ -22,10 +22,11 @@ from mlflow.tracking import MlflowClient
 from scipy import stats
 
 from bickd_tune.confirm import PLAN_FILE, ConfirmPlan, comparison_pairs, confirmation_table
-from bickd_tune.experiment import AnalysisConfig
-from bickd_tune.statistics import PAIRED, holm
+from bickd_tune.experiment import AnalysisConfig, load_experiment
+from bickd_tune.paths import ExperimentPaths
 from bickd_tune.processes import processes_under
 from bickd_tune.ray_env import local_temp_dir
+from bickd_tune.statistics import PAIRED, holm
 from bickd_tune.tracking import TAG_KIND
 from tests.test_resume import REPO, _trial_checkpoints, _wait
 
@@ -70,8 +71,6 @@ def test_the_table_pairs_the_shared_seeds_and_corrects_within_its_family():
 
 
 def test_the_methods_default_is_always_confirmed_and_never_twice(write_experiment):
-    from bickd_tune.experiment import load_experiment
-
     search = {"num_samples": 2, "space": {"loss.tau": {"loguniform": [0.05, 0.5]}}}
     only_kd = load_experiment(write_experiment(search=search, confirm={"seeds": [1, 2], "control": "kd",
                                                                        "arms": {"kd": {"loss.name": "kd"}}}))
@@ -175,6 +174,4 @@ def test_search_then_confirmation_killed_midway_and_resumed(write_experiment, tm
 
 
 def local_temp_dir_of(path: str) -> str:
-    from bickd_tune.experiment import load_experiment
-    from bickd_tune.paths import ExperimentPaths
     return local_temp_dir(ExperimentPaths.of(load_experiment(path)))

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torchvision.datasets import CIFAR100
 
-from bickd.data import AugmentSpec, DataError, augment_batch, load_dataset, make_batches
+from bickd.data import DATASETS, AugmentSpec, DataError, augment_batch, load_dataset, make_batches
 from bickd.data.cifar import write_cifar100
 
 
@@ -71,7 +71,6 @@ def test_validation_is_a_stratified_seeded_share_of_training_and_leaves_test_alo
 
 
 def test_every_data_set_has_a_default_validation_split():
-    from bickd.data import DATASETS
     assert all(0 < entry.val_fraction < 0.5 for entry in DATASETS.values())
     digits, without = load_dataset("digits", seed=0), load_dataset("digits", seed=0, val_fraction=0)
     assert len(digits.train_labels) + len(digits.val_labels) == len(without.train_labels)

@@ -5,6 +5,7 @@ import os
 import re
 from pathlib import Path
 
+from bickd_tune.experiment import ExperimentConfig, SearchParam
 from bickd_tune.schema_doc import document
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,8 +26,6 @@ def test_the_yaml_reference_is_what_the_schema_writes():
 
 
 def test_the_reference_names_every_key_of_the_schema():
-    from bickd_tune.experiment import ExperimentConfig, SearchParam
-
     text = document()
     for name in [*ExperimentConfig.model_fields, *SearchParam.model_fields]:
         assert f"| `{name}` |" in text, name

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from torchvision import models
 
 from bickd.models import CIFAR_MODELS, CheckpointError, create_model, load_checkpoint, save_checkpoint
 
@@ -41,8 +42,6 @@ def test_parameter_counts(name, millions):
 def test_torchvision_imagenet_weights_load_and_give_torchvision_outputs(name, tmp_path):
     """A torchvision ResNet's weights, saved as a user would bring them, load strictly into ours and give the
     same outputs (torchvision's ImageNet ResNets are the reference available offline)."""
-    from torchvision import models
-
     torch.manual_seed(0)
     reference = getattr(models, name)(weights=None).eval()
     path = save_checkpoint(reference.state_dict(), tmp_path / f"{name}.pt")

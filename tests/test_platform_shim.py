@@ -15,10 +15,10 @@ def _run(args, **kwargs):
 
 
 def test_stdlib_api_and_submodules_in_this_process():
+    # these imports are what the test checks: in this process, `platform` is both the stdlib and our folder
     import platform
     import platform.tune  # the CLI entry point, a submodule of the project's folder
-
-    import bickd_tune.tune
+    import bickd_tune.tune  # what platform.tune hands over to
     assert platform.system() == os.uname().sysname
     assert platform.python_version() == ".".join(map(str, sys.version_info[:3]))
     assert platform.tune.run_cli is bickd_tune.tune.run_cli

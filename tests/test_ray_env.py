@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from bickd_tune.ray_env import joined_runtime_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = """
 import sys
@@ -45,8 +47,6 @@ def test_loopback_is_not_forced_once_ray_is_imported():
 def test_a_joined_cluster_gets_the_code_and_only_the_settings_trials_read(monkeypatch):
     """A variable a Ray job's own runtime env sets too (BICKD_GIT_COMMIT on KubeRay) would make Ray refuse to
     merge the driver's runtime env with the job's: only what trials read is passed on."""
-    from bickd_tune.ray_env import joined_runtime_env
-
     monkeypatch.setenv("BICKD_GIT_COMMIT", "abc123")
     monkeypatch.delenv("BICKD_CACHE_DIR", raising=False)
     assert "env_vars" not in joined_runtime_env()

@@ -13,6 +13,7 @@ from bickd_tune import statistics
 from bickd_tune.ablation import ablation_table, comparison_pairs, write_table
 from bickd_tune.experiment import AblationConfig, AnalysisConfig, ExperimentConfig
 from bickd_tune.statistics import PAIRED, WELCH
+from bickd_tune.tables import analyse
 
 FULL = [79.1, 80.4, 78.9, 80.0, 79.6]
 KD = [77.8, 78.9, 77.1, 78.8, 78.0]
@@ -70,7 +71,6 @@ def test_declared_comparisons_form_their_own_family_and_the_rest_another():
     pairs = [("full", "kd"), ("noisy", "kd"), ("other", "kd"), ("noisy", "full"), ("other", "full")]
     rows = _rows(arms)
     declared = AnalysisConfig(primary=["kd vs full", "noisy vs kd"])
-    from bickd_tune.tables import analyse
     by_name = {c.name: c for c in analyse(rows, pairs, declared)}
     oriented = [("kd", "full") if pair == ("full", "kd") else pair for pair in pairs]  # as it was declared
     raw = {f"{a} vs {b}": stats.ttest_rel(arms[a], arms[b]).pvalue for a, b in oriented}

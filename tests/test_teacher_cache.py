@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 
 import pytest
 import torch
@@ -67,7 +68,6 @@ def test_a_cache_with_another_key_is_refused(cached, teacher_state):
 
 def test_a_modified_cache_file_is_refused(cached, teacher_state, tmp_path):
     config, folder = cached
-    import shutil
     copy = str(tmp_path / "copy")
     shutil.copytree(folder, copy)
     with open(os.path.join(copy, "epoch-0001.arrow"), "r+b") as handle:

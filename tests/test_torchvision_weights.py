@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import torch
+from torchvision import models
 
 from bickd.models import create_model, load_checkpoint
 
@@ -13,8 +14,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_torchvision_weights_become_a_checkpoint_our_model_loads_with_equal_outputs(tmp_path):
-    from torchvision import models
-
     torch.manual_seed(0)
     reference = models.resnet18(weights=None).eval()
     downloaded = tmp_path / "resnet18-f37072fd.pth"   # torchvision's file: a bare state dict

@@ -7,8 +7,16 @@ import optuna
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from PIL import Image
+from ray.tune import ExperimentAnalysis
 
+from bickd.run import evaluate_weights
+from bickd_tune import draws
+from bickd_tune import report as report_cli
 from bickd_tune import tune as tune_cli
+from bickd_tune.experiment import load_experiment
+from bickd_tune.paths import ExperimentPaths
+from bickd_tune.teacher import load_teacher_state
 from bickd_tune.tracking import TAG_KIND
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
@@ -61,9 +69,6 @@ def test_search_with_asha_stops_some_trials_and_logs_everything(ray_local, write
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
     assert f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs" in printed  # where to look
     # The teacher was trained by this run: the accuracy logged is that of the checkpoint the trials distilled.
-    from bickd.run import evaluate_weights
-    from bickd_tune.experiment import load_experiment
-    from bickd_tune.teacher import load_teacher_state
     checkpoint = parents[0].data.tags["teacher_checkpoint"]
     assert checkpoint == os.path.join(experiment_dir, "teacher", "resnet8.pt")
     evaluated = evaluate_weights(load_experiment(path).base_train_config(), "resnet8",
@@ -146,8 +151,6 @@ def test_search_with_asha_stops_some_trials_and_logs_everything(ray_local, write
 
 
 def _assert_png(path) -> None:
-    from PIL import Image
-
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, path
     with Image.open(path) as image:
@@ -193,7 +196,6 @@ def test_ablation_produces_the_table(ray_local, write_experiment, tmp_path, caps
         assert f"{row.test_mean:.2f} ± {row.test_std:.2f}" in section and f"{row.val_mean:.2f} ± {row.val_std:.2f}" in section
     _assert_png(experiment_dir / "report" / "ablation.png")
     (experiment_dir / "report" / "report.md").unlink()
-    from bickd_tune import report as report_cli
     assert report_cli.main([str(experiment_dir)]) == 0
     assert (experiment_dir / "report" / "report.md").read_text() == report
 
@@ -207,9 +209,6 @@ def test_ablation_produces_the_table(ray_local, write_experiment, tmp_path, caps
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "confirm.seeds" in error and "'ablation'" in error and "[1]" in error
     assert not (tmp_path / "experiments" / "repeat").exists()
-    from bickd_tune import draws
-    from bickd_tune.experiment import load_experiment
-    from bickd_tune.paths import ExperimentPaths
     fresh = load_experiment(write_experiment("fresh", recipe={"epochs": 1}, teacher_cache={"enabled": True, "epochs": 1},
                                              search={"num_samples": 1}, confirm={**confirm, "per_seed": ["views"]}))
     assert draws.check_independent(fresh, ExperimentPaths.of(fresh), draws.teacher_ids(fresh)) == {}
@@ -250,8 +249,6 @@ def test_a_diverging_trial_fails_alone_with_its_reason(ray_local, write_experime
 
 def test_a_reused_trial_process_gives_the_same_result_as_a_fresh_one(ray_local, write_experiment, tmp_path):
     """Tune runs the second trial in the first one's process (reuse_actors): nothing may leak between them."""
-    from ray.tune import ExperimentAnalysis
-
     path = write_experiment(
         "reuse", recipe={"epochs": 2},
         ablation={"seeds": [0], "reference": "first", "control": None, "arms": {"first": {}, "second": {}}},
