@@ -360,7 +360,9 @@ class ExperimentConfig(TrainConfig):
         return self.storage_path.startswith(REMOTE_SCHEMES)
 
     @property
-    def mode(self) -> str:
+    def kind(self) -> str:
+        """search or ablation, from the section the YAML gives (also the name of the main Tune stage); not
+        search.mode, which is max or min."""
         return "ablation" if self.ablation is not None else "search"
 
     @property

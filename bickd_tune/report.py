@@ -246,7 +246,7 @@ def write_experiment_report(target: str, tracking_uri: str | None = None, quiet:
                       paths.identity, experiment_dir)
     folder = os.path.join(experiment_dir, "report")
     os.makedirs(folder, exist_ok=True)
-    everything = trial_runs(tracker, experiment.mode)
+    everything = trial_runs(tracker, experiment.kind)
     runs = everything[everything.stage != "confirm"]  # the search's (or ablation's) own trials
     confirm_runs = everything[everything.stage == "confirm"]
     parent = tracker.find_run(**{TAG_KIND: "experiment"})

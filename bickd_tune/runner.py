@@ -99,7 +99,7 @@ def _run(experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int,
     tracker = Tracker(paths.tracking_uri, experiment.tracking.experiment_name or experiment.name, paths.identity,
                       paths.local_dir)
     parent = tracker.parent_run(experiment.name, experiment.model_dump(mode="json"),
-                                {"mode": experiment.mode, "experiment": experiment.name})
+                                {"experiment_kind": experiment.kind, "experiment": experiment.name})
     try:
         teacher_state = teacher.finish(tracker, parent)
         draws.write_record(experiment, paths, draws.teacher_ids(experiment, teacher_state), shared)

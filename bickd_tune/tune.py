@@ -120,7 +120,7 @@ def plan_lines(experiment: ExperimentConfig, paths: ExperimentPaths) -> list[str
              if fraction == 0 else f"{fraction:.0%} of the training data held out for validation, which every "
              "choice uses; test is measured on final models only")
     return [
-        f"experiment   {experiment.name} ({experiment.mode})",
+        f"experiment   {experiment.name} ({experiment.kind})",
         f"data         {experiment.data.name}" + (f" at {experiment.data.root}" if experiment.data.root else ""),
         f"splits       {split}",
         f"teacher      {teacher}",

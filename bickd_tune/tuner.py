@@ -46,7 +46,7 @@ class Stage:
 def main_stage(experiment: ExperimentConfig, paths: ExperimentPaths) -> Stage:
     """The experiment's own Tune run, whose state is the experiment folder itself."""
     ablation = experiment.ablation
-    return Stage(experiment.mode, ablation.arms if ablation else None, ablation.seeds if ablation else None,
+    return Stage(experiment.kind, ablation.arms if ablation else None, ablation.seeds if ablation else None,
                  paths.storage_root, experiment.name, experiment.max_epochs)
 
 
