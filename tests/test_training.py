@@ -11,15 +11,12 @@ from bickd.config import TrainConfig
 from bickd.data import load_dataset, make_batches
 from bickd.models import create_model
 from bickd.run import fit, train_teacher
+from tests.conftest import TINY, deep_update
 
-BASE = {
-    "data": {"name": "digits", "image_size": 16},
-    "teacher": {"model": "resnet8"},
-    "student": {"model": "resnet8"},
-    "recipe": {"epochs": 3, "batch_size": 32, "lr": 0.05, "schedule": "cosine"},
-    "loss": {"name": "bickd", "warmup_epochs": 1},
-    "runtime": {"device": "cpu", "channels_last": False, "threads": 2},
-}
+# The shared tiny experiment's training part (no Ray resources: these tests train in this process), at 3 epochs of 32
+# on 2 threads.
+BASE = deep_update({key: value for key, value in TINY.items() if key != "resources"},
+                   {"recipe": {"epochs": 3, "batch_size": 32}, "runtime": {"threads": 2}})
 
 
 @pytest.fixture(scope="module")
