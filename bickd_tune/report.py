@@ -33,6 +33,7 @@ from bickd_tune.experiment import ExperimentConfig  # noqa: E402
 from bickd_tune.paths import ExperimentPaths  # noqa: E402
 from bickd_tune.published import PAPER_CLAIMS_OVER_KD, RECIPES, anchors, method_of, published_row  # noqa: E402
 from bickd_tune.tracking import TAG_KIND, Tracker, stage_of  # noqa: E402
+from bickd_tune.tune import EXIT_CONFIG  # noqa: E402
 
 CURVE_METRIC = "val/top1"
 FINAL = {"val_top1": "final/val/top1", "val_top5": "final/val/top5", "val_loss": "final/val/loss",
@@ -312,12 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not os.path.isfile(os.path.join(args.target, "experiment.yaml")):
         print(f"error: {args.target}: not an experiment folder (no experiment.yaml)", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     try:
         write_experiment_report(args.target, args.tracking_uri, quiet=False)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     return 0
 
 

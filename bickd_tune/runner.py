@@ -24,6 +24,7 @@ from bickd_tune.teacher import (TeacherStage, load_teacher_state, prepare_teache
                                 remote_options)
 from bickd_tune.tracking import Tracker, TrialLogger, flatten
 from bickd_tune.trial import trial_config
+from bickd_tune.tune import EXIT_INTERRUPTED
 from bickd_tune.tuner import check_resources, storage_has_state
 
 
@@ -115,7 +116,7 @@ def _run(experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int,
             tracker.finish(parent, "KILLED")
             print("\ninterrupted: the state is saved; continue with\n  python -m platform.tune <yaml> --resume",
                   flush=True)
-            return 130
+            return EXIT_INTERRUPTED
         summary = _summarise(experiment, paths, results, tracker, parent, confirmed)
         if write_report:
             write_experiment_report(paths.local_dir, tracking_uri=paths.tracking_uri, quiet=False)
@@ -127,7 +128,7 @@ def _run(experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int,
     except KeyboardInterrupt:
         tracker.finish(parent, "KILLED")
         print("\ninterrupted: continue with  python -m platform.tune <yaml> --resume", flush=True)
-        return 130
+        return EXIT_INTERRUPTED
     except BaseException:
         tracker.finish(parent, "FAILED")
         raise

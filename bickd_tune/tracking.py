@@ -43,6 +43,12 @@ RUNS_PAGE_SIZE = 1000
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limits for one log_batch call
 MAX_PARAMS_PER_BATCH = 100
 MAX_TAGS_PER_BATCH = 100
+MAX_PARAM_VALUE_LENGTH = 6000  # MLflow refuses a longer param value (a long config value is cut, not refused)
+# A trial's error in its tags (MLflow allows 8,000 characters a tag value): the stop reason keeps most of the
+# error's last line; the restart note, a column of the runs table, only its start.
+STOP_REASON_MAX_CHARS = 5000
+LAST_FAILURE_MAX_CHARS = 500
+GIT_TIMEOUT_S = 10  # a git that hangs (a network file system) costs the run its commit id ("unknown"), not a stall
 # The writer's queue holds whole results (~25 metrics each): 10,000 are minutes of a busy sweep's results, a
 # few MB. Past that the driver waits for the store instead of holding more.
 WRITER_MAX_QUEUED = 10_000
@@ -58,6 +64,11 @@ def stage_of(run, main: str) -> str:
     return run.data.tags.get(TAG_STAGE) or main
 
 
+def _now_ms() -> int:
+    """Now in MLflow's timestamp unit: milliseconds since the epoch."""
+    return int(time.time() * 1000)
+
+
 @functools.cache  # once per process, not once per trial run
 def git_commit() -> str:
     """The commit being run: BICKD_GIT_COMMIT where the code came without .git (a KubeRay archive), else git's."""
@@ -65,7 +76,7 @@ def git_commit() -> str:
         return os.environ["BICKD_GIT_COMMIT"]
     try:
         return subprocess.run(["git", "-C", PACKAGE_ROOT, "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
+                              text=True, timeout=GIT_TIMEOUT_S, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -184,12 +195,12 @@ class Tracker:
         return retired
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        items = [Param(k, str(v)[:MAX_PARAM_VALUE_LENGTH]) for k, v in flatten(params).items()]
         for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=items[start:start + MAX_PARAMS_PER_BATCH])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
+        now = _now_ms()
         self.write_metrics(run_id, [Metric(k, v, now, step) for k, v in metrics.items()])
 
     def write_metrics(self, run_id: str, metrics: list[Metric]) -> None:
@@ -263,14 +274,15 @@ class TrialLogger(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         self.last_result[trial.trial_id] = result
-        self._queue(trial, "metrics", step, int(time.time() * 1000), metrics_of(result))
+        self._queue(trial, "metrics", step, _now_ms(), metrics_of(result))
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         self._drain(trial)  # before Tune registers this checkpoint: see the class's docstring
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """A failed trial that Tune restarts from its last checkpoint (FailureConfig.max_failures)."""
-        self._queue(trial, "tags", {"restarts": str(trial.num_failures), "last_failure": _error_line(trial)[:500]})
+        self._queue(trial, "tags", {"restarts": str(trial.num_failures),
+                                    "last_failure": _error_line(trial)[:LAST_FAILURE_MAX_CHARS]})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = self.last_result.pop(trial.trial_id, None) or trial.last_result or {}
@@ -279,14 +291,14 @@ class TrialLogger(Callback):
         final = {f"final/{k}": v for k, v in metrics_of(result).items() if k.startswith(("val/", "test/"))}
         final["final/epochs"] = float(epochs)
         reason = "completed" if epochs >= self.max_epochs else "stopped early by the scheduler"
-        self._queue(trial, "finish", epochs, int(time.time() * 1000), final, {"stop_reason": reason}, "FINISHED")
+        self._queue(trial, "finish", epochs, _now_ms(), final, {"stop_reason": reason}, "FINISHED")
         self._drain(trial)
         self._last_write.pop(trial.trial_id, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.last_result.pop(trial.trial_id, None)
-        reason = f"failed: {_error_line(trial)}"[:5000]
-        self._queue(trial, "finish", 0, int(time.time() * 1000), {}, {"stop_reason": reason}, "FAILED")
+        reason = f"failed: {_error_line(trial)}"[:STOP_REASON_MAX_CHARS]
+        self._queue(trial, "finish", 0, _now_ms(), {}, {"stop_reason": reason}, "FAILED")
         self._drain(trial)
         self._last_write.pop(trial.trial_id, None)
 

@@ -22,6 +22,7 @@ from bickd_tune.paths import ExperimentPaths
 from bickd_tune.ray_env import use_loopback
 
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl+C
 
 
 class OneLineErrors(argparse.ArgumentParser):
