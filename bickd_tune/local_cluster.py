@@ -30,6 +30,12 @@ from bickd_tune.processes import kill, node_processes, stop_processes_under
 from bickd_tune.ray_env import AUTH_MODE, LOOPBACK_SWITCH, machine_token, use_loopback
 
 CONNECT_TIMEOUT_S = 5
+# Generous bounds for commands and servers that take seconds: past them they are stuck, not slow, and the error
+# says which one and where its log is.
+TOKEN_COMMAND_TIMEOUT_S = 120  # `ray get-auth-token --generate`
+RAY_START_TIMEOUT_S = 180      # `ray start --head` with the autoscaler
+SERVICE_START_TIMEOUT_S = 120  # moto's S3 and the MLflow server answering their health URL
+SERVICE_POLL_S, SERVICE_PROBE_TIMEOUT_S = 0.5, 2
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cluster", "local.yaml")
 
 
@@ -50,8 +56,9 @@ def ensure_token(env: dict[str, str]) -> str | None:
     if env.get(AUTH_MODE) != "token":
         return None
     if machine_token() is None:
+        # it prints the token: captured, kept out of the terminal
         result = subprocess.run([ray_command(), "get-auth-token", "--generate"], env=env, capture_output=True,
-                                text=True, timeout=120)  # it prints the token: kept out of the terminal
+                                text=True, timeout=TOKEN_COMMAND_TIMEOUT_S)
         if result.returncode != 0:
             raise RuntimeError(f"ray get-auth-token --generate failed: {result.stderr.strip()[-1000:]}")
     return machine_token()
@@ -79,7 +86,7 @@ def up(config_path: str = DEFAULT_CONFIG, port: int = 6379, temp_dir: str | None
                f"--temp-dir={temp_dir}"]
     env = cluster_env()
     ensure_token(env)
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=RAY_START_TIMEOUT_S)
     if result.returncode != 0:
         stop_processes_under(temp_dir)
         raise RuntimeError(f"ray start failed: {(result.stderr or result.stdout).strip()[-2000:]}")
@@ -106,15 +113,15 @@ def services(temp_dir: str, s3_port: int = 9000, mlflow_port: int = 5000, bucket
     for health, command in commands.items():
         log = open(os.path.join(temp_dir, os.path.basename(command[0]) + ".log"), "w")
         subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 120
+        deadline = time.time() + SERVICE_START_TIMEOUT_S
         while True:
             try:
-                urllib.request.urlopen(health, timeout=2)
+                urllib.request.urlopen(health, timeout=SERVICE_PROBE_TIMEOUT_S)
                 break
             except OSError:
                 if time.time() > deadline:
                     raise RuntimeError(f"{command[0]} did not start; see {log.name}") from None
-                time.sleep(0.5)
+                time.sleep(SERVICE_POLL_S)
         if "moto" in command[0]:
             import boto3  # optional: comes with the test extra (moto), which this local S3 needs anyway
             boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_port}", **_boto_keys()).create_bucket(Bucket=bucket)

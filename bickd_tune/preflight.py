@@ -22,13 +22,14 @@ from bickd_tune.data_copy import downloaded_here
 from bickd_tune.experiment import ExperimentConfig
 from bickd_tune.paths import ExperimentPaths
 from bickd_tune.ray_env import init_ray
-from bickd_tune.storage import Storage, failure, for_a_check, without_query
+from bickd_tune.storage import Storage, failure, first_line, for_a_check, without_query
 from bickd_tune.teacher import load_teacher_state
 
 PREFLIGHT_EXPERIMENT = "bickd-preflight"  # where the artifact-store check writes (its runs are deleted)
 # Ray names a node's type in its label ray.io/node-group (set from RAY_NODE_TYPE_NAME, which the autoscaler,
 # KubeRay and the fake multi-node provider give every node they start).
 NODE_GROUP_LABEL, NODE_TYPE_ENV = "ray.io/node-group", "RAY_NODE_TYPE_NAME"
+HEALTH_TIMEOUT_S = 5  # a tracking server answers /health at once; one that takes longer is reported before the sweep
 PROBE_SLIVER = 0.001  # of a resource, for a check that must land on a node type without waiting for a free slot
 QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
@@ -58,16 +59,11 @@ def _check_local_folder(folder: str, field: str) -> None:
         raise ConfigError(f"{field}: cannot create {folder}: {parent} is not a writable folder")
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:300]
-
-
 def check_tracking(tracking_uri: str) -> None:
     """An HTTP tracking server must answer now; a SQLite store's folder must be writable."""
     if tracking_uri.startswith(("http://", "https://")):
         try:
-            with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=5) as answer:
+            with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S) as answer:
                 if answer.status != 200:
                     raise ConfigError(f"tracking.tracking_uri: {tracking_uri} answered {answer.status} on /health")
         except (urllib.error.URLError, OSError) as err:
@@ -104,7 +100,7 @@ def check_artifact_store(tracking_uri: str) -> None:
                     raise OSError("the artifact read back differs from the one written")
     except Exception as err:  # noqa: BLE001 - MLflow wraps the store's failure in several types
         raise ConfigError(f"tracking.tracking_uri: the MLflow server at {tracking_uri} cannot store artifacts "
-                          f"({_first_line(err)}); check its --artifacts-destination and its credentials") from None
+                          f"({first_line(err)}); check its --artifacts-destination and its credentials") from None
     finally:
         if run_id is not None:
             try:

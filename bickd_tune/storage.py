@@ -23,6 +23,7 @@ import torch
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "abfss://", "hdfs://")
 # GCS retries a failing request (missing credentials included) for 15 minutes by default: a check tries shortly.
 GCS_CHECK_RETRY_S = 20
+ERROR_LINE_MAX_CHARS = 300  # an error quoted inside a one-line message: its first line, never a whole page
 # What pyarrow's errors mean, by cloud: (words in the error, what is missing and how to provide it).
 FAILURES = (
     (("OAuth2 access token",), "no Google credentials (`gcloud auth application-default login` on your machine, "
@@ -152,5 +153,10 @@ def failure(err: BaseException) -> str:
     for words, meaning in FAILURES:
         if any(word in text for word in words):
             return meaning
-    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    return first[:300]
+    return first_line(err)
+
+
+def first_line(err: BaseException) -> str:
+    """An error's first line (its type's name when it has no text), short enough to quote in a one-line message."""
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:ERROR_LINE_MAX_CHARS]

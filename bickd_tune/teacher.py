@@ -26,6 +26,9 @@ from bickd_tune.storage import Storage, is_remote
 from bickd_tune.tracking import Tracker
 
 PROGRESS, HISTORY = "teacher/progress.pt", "teacher/history.json"
+# A lost node re-runs a teacher task (training continues from its last checkpoint); three losses in a row are a
+# broken cluster, not bad luck, and end the run with Ray's error.
+TASK_RETRIES = 3
 
 
 def weights_name(model: str) -> str:
@@ -59,7 +62,7 @@ def with_threads(config_json: dict[str, Any], options: dict[str, Any]) -> dict[s
     return {**config_json, "runtime": {**config_json["runtime"], "threads": max(1, int(options["num_cpus"]))}}
 
 
-@ray.remote(max_retries=3)  # a lost node re-runs the task, which continues from the last checkpoint
+@ray.remote(max_retries=TASK_RETRIES)
 def _train(config_json: dict[str, Any], storage: Storage) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
     config = on_this_node(TrainConfig.model_validate(config_json)).teacher_training_config()
     progress = storage.read_torch(PROGRESS) if storage.exists(PROGRESS) else None
@@ -146,7 +149,7 @@ class TeacherStage:
         return self.state
 
 
-@ray.remote(max_retries=3)
+@ray.remote(max_retries=TASK_RETRIES)
 def _build_cache(config_json: dict[str, Any], state: dict[str, torch.Tensor], storage: Storage, name: str) -> None:
     """Builds the cache on a worker and puts it into the experiment's storage."""
     config = on_this_node(TrainConfig.model_validate(config_json))

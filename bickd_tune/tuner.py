@@ -21,6 +21,8 @@ from bickd_tune.storage import Storage, join
 from bickd_tune.trial import run_trial
 
 OPTUNA_DB = "optuna.db"
+# Slots are whole, and float division is not exact: 0.3 GPUs over 0.1 per trial is 2.9999999999999996, three slots.
+FIT_TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def slots(experiment: ExperimentConfig, available: dict[str, float]) -> int:
     fits = [available.get("CPU", 0) / need_cpu]
     if r.gpus_per_trial:
         fits.append(available.get("GPU", 0) / (workers * r.gpus_per_trial))
-    return max(1, math.floor(min(fits) + 1e-9))
+    return max(1, math.floor(min(fits) + FIT_TOLERANCE))
 
 
 def check_resources(experiment: ExperimentConfig, available: dict[str, float]) -> None:

@@ -15,6 +15,10 @@ from bickd.data.augment import _splitmix64, augment_batch, normalize
 from bickd.data.types import FolderData, ImageData
 
 
+# Evaluation keeps no activations for a backward pass, so it takes this many training batches at once.
+EVAL_BATCHES_AT_ONCE = 4
+
+
 def memory_format(channels_last: bool) -> torch.memory_format:
     """NHWC (channels_last) or the default layout, for image batches and the models they meet."""
     return torch.channels_last if channels_last else torch.contiguous_format
@@ -73,8 +77,9 @@ class TensorBatches:
 
     def _evaluation(self, images: torch.Tensor, labels: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         indices = torch.arange(self.rank, len(labels), self.world_size, device=self.device)
-        for start in range(0, len(indices), self.batch_size * 4):
-            idx = indices[start:start + self.batch_size * 4]
+        size = self.batch_size * EVAL_BATCHES_AT_ONCE
+        for start in range(0, len(indices), size):
+            idx = indices[start:start + size]
             batch = normalize(images[idx], self.data.mean, self.data.std)
             yield batch.contiguous(memory_format=self.memory_format), labels[idx]
 
