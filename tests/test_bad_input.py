@@ -112,11 +112,14 @@ def test_a_wrong_artifact_bucket_or_storage_bucket_is_one_line_before_anything_s
             (uri("experiments").replace("s3://present/", "s3://absent/"), working_tracking,
              "storage_path: cannot write to s3://absent"),
         ]
-        for storage, tracking, message in cases:
-            args = [sys.executable, "-m", "platform.tune", str(path), "--storage", storage, "--tracking-uri", tracking]
-            result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
-            lines = [line for line in result.stderr.splitlines() if line.strip()]
-            assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+        # the two commands run side by side: each is refused before it starts anything
+        started = [subprocess.Popen([sys.executable, "-m", "platform.tune", str(path), "--storage", storage,
+                                     "--tracking-uri", tracking], cwd=REPO, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, env=env) for storage, tracking, _ in cases]
+        for process, (_, _, message) in zip(started, cases):
+            stdout, stderr = process.communicate(timeout=180)
+            lines = [line for line in stderr.splitlines() if line.strip()]
+            assert process.returncode == 2, stdout[-2000:] + stderr[-2000:]
             assert len(lines) == 1 and message in lines[0], lines
-            assert "Traceback" not in result.stdout + result.stderr
-            assert not (tmp_path / "state" / "remote").exists()
+            assert "Traceback" not in stdout + stderr
+        assert not (tmp_path / "state" / "remote").exists()
