@@ -1,6 +1,7 @@
 """The offline science-bench data sets: deterministic, balanced, in the real CIFAR-100 format, structured."""
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -29,7 +30,6 @@ def test_shapes100_round_trip_through_the_cifar_format(tmp_path):
     folder = os.path.join(cache_folder(str(tmp_path), 1, 4, 2), FOLDER)
     assert sorted(os.listdir(folder)) == ["bickd-manifest.json", "meta", "test", "train"]
     # the files are what torchvision's own CIFAR100 class reads (with the MD5s recorded at generation)
-    import json
     with open(os.path.join(folder, "bickd-manifest.json")) as handle:
         md5 = json.load(handle)["md5"]
     raw = LocalCIFAR100(os.path.dirname(folder), train=True, md5=md5)

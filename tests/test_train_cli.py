@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from bickd import train as train_cli
+from bickd.run import fit
 from bickd.teacher_cache import MANIFEST
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +48,6 @@ def test_trains_the_teacher_builds_the_cache_and_distils_from_it(experiment_yaml
     assert state["epoch"] == 1 and state["model"] == "resnet8"
 
     # The student trained on the cached logits: the same run through fit() with that cache gives the same loss.
-    from bickd.run import fit
     config = train_cli.load_train_config(experiment_yaml, {
         "teacher.checkpoint": os.path.join(out, "teacher-resnet8.pt"), "teacher_cache.path": cache})
     again = fit(config, report=lambda m, s: None)
