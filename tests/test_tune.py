@@ -1,11 +1,18 @@
 """`python -m platform.tune` end to end on a real local Ray instance, real Optuna and a real MLflow store."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import optuna
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from ray.tune import ExperimentAnalysis
@@ -18,6 +25,7 @@ from bickd_tune.experiment import load_experiment
 from bickd_tune.paths import ExperimentPaths
 from bickd_tune.teacher import load_teacher_state
 from bickd_tune.tracking import TAG_KIND
+from tests.conftest import TINY, deep_update
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
 
@@ -43,115 +51,216 @@ def test_dry_run_of_the_shipped_experiments(name, capsys):
     assert "nothing was created" in out and "resources    per trial" in out
 
 
-def test_search_with_asha_stops_some_trials_and_logs_everything(ray_local, write_experiment, tmp_path, capsys):
-    """A search over the loss itself (two parameter-free options, DIST, and BicKD's own parameters): no
-    configuration trained twice, each loss at its own defaults, every choice made on validation."""
-    path = write_experiment(
-        "search", recipe={"epochs": 3},
-        search={"num_samples": 6, "seed": 1,
-                "space": {"loss.name": {"choice": ["ce", "kd", "dist", "bickd"]},
-                          "loss.tau": {"loguniform": [0.05, 0.5], "when": {"loss.name": "bickd"}},
-                          "loss.contrast": {"choice": ["full", "positive_only"], "when": {"loss.name": "bickd"}},
-                          "loss.orthogonality": {"uniform": [0.0, 2.0], "when": {"loss.contrast": "full"}}},
-                # kd twice: the repeat is told kd's value and the sampler asked again, never trained
-                "points_to_evaluate": [{"loss.name": "bickd", "loss.tau": 0.1, "loss.contrast": "full",
-                                        "loss.orthogonality": 1.0}, {"loss.name": "kd"}, {"loss.name": "kd"},
-                                       {"loss.name": "dist"}]},
-        scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3},
-        resources={"cpus_per_trial": 1, "max_concurrent_trials": 2, "max_failures": 0})
-    assert tune_cli.main([path]) == 0
-    printed = capsys.readouterr().out
-    experiment_dir = str(tmp_path / "experiments" / "search")
+SEARCH_EPOCHS = 3
+SEARCH_TRIALS = 6
+SEARCH = {  # a search over the loss itself: two parameter-free options, DIST, and BicKD's own parameters
+    "num_samples": SEARCH_TRIALS, "seed": 1,
+    "space": {"loss.name": {"choice": ["ce", "kd", "dist", "bickd"]},
+              "loss.tau": {"loguniform": [0.05, 0.5], "when": {"loss.name": "bickd"}},
+              "loss.contrast": {"choice": ["full", "positive_only"], "when": {"loss.name": "bickd"}},
+              "loss.orthogonality": {"uniform": [0.0, 2.0], "when": {"loss.contrast": "full"}}},
+    # kd twice: the repeat is told kd's value and the sampler asked again, never trained
+    "points_to_evaluate": [{"loss.name": "bickd", "loss.tau": 0.1, "loss.contrast": "full",
+                            "loss.orthogonality": 1.0}, {"loss.name": "kd"}, {"loss.name": "kd"},
+                           {"loss.name": "dist"}]}
+LOCAL_CPUS = 4  # what the ray_local fixture starts
 
-    client, parents = _runs(experiment_dir, "search", "experiment")
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    experiment = client.get_experiment_by_name("search")
+
+@dataclass
+class Sweep:
+    """One finished search (ASHA, 6 trials of 3 epochs, a teacher trained first) and what it left behind."""
+    path: str
+    folder: str
+    printed: str
+    client: MlflowClient
+    parent: Any
+    trials: list
+    study: optuna.Study
+
+    @property
+    def chosen(self):
+        return max(self.trials, key=lambda run: run.data.metrics["final/val/top1"])
+
+    @property
+    def report(self) -> str:
+        return open(os.path.join(self.folder, "report", "report.md"), encoding="utf-8").read()
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_local, tmp_path_factory) -> Sweep:
+    """The search runs once for the module; each test below checks one behaviour of it."""
+    root = tmp_path_factory.mktemp("search")
+    tree = deep_update({"name": "search", "storage_path": str(root / "experiments"), **TINY}, {
+        "recipe": {"epochs": SEARCH_EPOCHS}, "search": SEARCH,
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 3},
+        "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 2, "max_failures": 0}})
+    path = root / "search.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = tune_cli.main([str(path)])
+    assert code == 0, printed.getvalue()[-3000:]
+    folder = str(root / "experiments" / "search")
+    client, parents = _runs(folder, "search", "experiment")
+    assert len(parents) == 1
+    _, trials = _runs(folder, "search", "trial")
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{folder}/optuna.db")
+    return Sweep(str(path), folder, printed.getvalue(), client, parents[0], trials, study)
+
+
+def _section(markdown: str, title: str) -> str:
+    """The text under a `## title` heading, up to the next heading."""
+    parts = re.split(r"^## (.+)$", markdown, flags=re.MULTILINE)
+    sections = dict(zip(parts[1::2], parts[2::2]))
+    matching = [text for heading, text in sections.items() if heading.startswith(title)]
+    assert len(matching) == 1, f"no single section '{title}' among {list(sections)}"
+    return matching[0]
+
+
+def _percentages(text: str) -> set[float]:
+    return {float(number) for number in re.findall(r"(\d+\.\d+)%", text)}
+
+
+def test_search_has_one_finished_parent_run_that_the_ui_opens_on(sweep):
+    assert sweep.parent.info.status == "FINISHED"
+    experiment = sweep.client.get_experiment_by_name("search")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
-    assert f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs" in printed  # where to look
-    # The teacher was trained by this run: the accuracy logged is that of the checkpoint the trials distilled.
-    checkpoint = parents[0].data.tags["teacher_checkpoint"]
-    assert checkpoint == os.path.join(experiment_dir, "teacher", "resnet8.pt")
-    evaluated = evaluate_weights(load_experiment(path).base_train_config(), "resnet8",
+    assert f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs" in sweep.printed  # where to look
+
+
+def test_the_teacher_logged_is_the_checkpoint_the_trials_distilled(sweep):
+    """The teacher was trained by this run: the accuracy logged is that of the checkpoint the trials distilled."""
+    checkpoint = sweep.parent.data.tags["teacher_checkpoint"]
+    assert checkpoint == os.path.join(sweep.folder, "teacher", "resnet8.pt")
+    evaluated = evaluate_weights(load_experiment(sweep.path).base_train_config(), "resnet8",
                                  load_teacher_state("resnet8", 10, checkpoint))
-    logged = parents[0].data.metrics
+    logged = sweep.parent.data.metrics
     assert logged["teacher/test/top1"] == pytest.approx(evaluated["test/top1"], abs=1e-9)
     assert logged["teacher/val/top1"] == pytest.approx(evaluated["val/top1"], abs=1e-9)
     assert logged["teacher/test/loss"] == pytest.approx(evaluated["test/loss"], rel=1e-5)
     assert not [k for k in logged if k.startswith("teacher/test_")]  # one spelling only
-    # Nothing else runs while the teacher trains: it got the whole local instance (4 logical CPUs here).
-    assert "[teacher] training resnet8 (3 epochs) before the trials on 4 CPUs (4 threads)" in printed
-    # The console: a line per trial start and end (not Tune's tables, ~40 lines a trial).
-    started = [line for line in printed.splitlines() if line.startswith("[search ") and line.endswith(")")
-               and ": started (" in line]
-    ended = [line for line in printed.splitlines() if line.startswith("[search ") and
-             (": finished, val/top1 " in line or ": stopped early after " in line)]
-    assert len(started) == 6 and len(ended) == 6, printed[-3000:]
-    assert "started with configuration" not in printed
 
-    _, trials = _runs(experiment_dir, "search", "trial")
-    assert len(trials) == 6
-    assert {run.info.status for run in trials} == {"FINISHED"}
-    assert all(run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for run in trials)
-    identities = {tuple(sorted((k, v) for k, v in run.data.params.items())) for run in trials}
-    assert len(identities) == 6  # six distinct configurations: nothing trained twice
-    by_loss = {}
-    for run in trials:
-        by_loss.setdefault(run.data.params["loss.name"], []).append(run)
-    assert len(by_loss["kd"]) == 1 and len(by_loss.get("ce", [])) <= 1
-    dist = by_loss["dist"][0].data.params  # DIST at its own defaults, not BicKD's tau 0.1 / w_ce 0.1
+
+def test_the_teacher_trains_on_the_whole_local_instance(sweep):
+    """Nothing else runs while the teacher trains: it gets every CPU of the local instance, as many threads."""
+    line = next(line for line in sweep.printed.splitlines() if line.startswith("[teacher] training"))
+    cpus, threads = (int(re.search(rf"(\d+) {unit}", line).group(1)) for unit in ("CPUs", "threads"))
+    assert (cpus, threads) == (LOCAL_CPUS, LOCAL_CPUS), line
+    assert int(re.search(r"(\d+) epochs", line).group(1)) == SEARCH_EPOCHS, line
+
+
+def test_the_console_shows_one_line_per_trial_start_and_end(sweep):
+    """Not Tune's per-trial tables (~40 lines a trial)."""
+    lines = [line for line in sweep.printed.splitlines() if line.startswith("[search ")]
+    started = [line for line in lines if ": started (" in line]
+    ended = [line for line in lines if ": finished, " in line or ": stopped early after " in line]
+    assert (len(started), len(ended)) == (SEARCH_TRIALS, SEARCH_TRIALS), sweep.printed[-3000:]
+    assert "started with configuration" not in sweep.printed
+
+
+def test_every_configuration_trains_once_under_the_parent_run(sweep):
+    assert len(sweep.trials) == SEARCH_TRIALS
+    assert {run.info.status for run in sweep.trials} == {"FINISHED"}
+    assert {run.data.tags["mlflow.parentRunId"] for run in sweep.trials} == {sweep.parent.info.run_id}
+    identities = {tuple(sorted(run.data.params.items())) for run in sweep.trials}
+    assert len(identities) == SEARCH_TRIALS  # distinct configurations: nothing trained twice
+    names = [run.data.params["loss.name"] for run in sweep.trials]
+    assert names.count("kd") == 1 and names.count("ce") <= 1  # parameter-free options once each
+
+
+def test_each_loss_trains_at_its_own_defaults(sweep):
+    """DIST at its own defaults, not BicKD's tau 0.1 / w_ce 0.1."""
+    dist = next(run.data.params for run in sweep.trials if run.data.params["loss.name"] == "dist")
     assert (float(dist["loss.tau"]), float(dist["loss.w_ce"])) == (4.0, 1.0)
-    epochs = sorted(int(run.data.metrics["final/epochs"]) for run in trials)
-    assert epochs[-1] == 3 and epochs[0] < 3, f"ASHA stopped no trial: {epochs}"
-    for run in trials:
+
+
+def test_asha_stops_some_trials_before_the_end_of_the_recipe(sweep):
+    epochs = sorted(int(run.data.metrics["final/epochs"]) for run in sweep.trials)
+    assert epochs[-1] == SEARCH_EPOCHS and epochs[0] < SEARCH_EPOCHS, f"ASHA stopped no trial: {epochs}"
+
+
+def test_each_epoch_is_logged_once_and_validation_and_test_are_two_splits(sweep):
+    for run in sweep.trials:
         for metric in ("val/top1", "test/top1"):
-            steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
-            assert steps == list(range(1, len(steps) + 1)), steps  # one step per epoch, none twice
-        assert run.data.metrics["final/val/top1"] != run.data.metrics["final/test/top1"] or \
-            run.data.metrics["final/val/loss"] != run.data.metrics["final/test/loss"]  # two different splits
-    # Optuna was told validation values: each trained trial's study value is its run's final val/top1.
-    study = optuna.load_study(study_name="search", storage=f"sqlite:///{experiment_dir}/optuna.db")
-    trained = [t for t in study.trials if "repeat_of" not in t.user_attrs]
-    repeats = [t for t in study.trials if "repeat_of" in t.user_attrs]
-    assert len(trained) == 6 and repeats
-    assert sorted(t.value for t in trained) == pytest.approx(sorted(r.data.metrics["final/val/top1"] for r in trials))
-    for trial in repeats:  # recorded with the first trial's values, but not as a second finished observation
-        assert trial.value == study.trials[trial.user_attrs["repeat_of"]].value
+            steps = [m.step for m in sweep.client.get_metric_history(run.info.run_id, metric)]
+            assert steps == list(range(1, len(steps) + 1)), (run.info.run_name, metric, steps)
+        final = run.data.metrics
+        assert (final["final/val/top1"], final["final/val/loss"]) != (final["final/test/top1"],
+                                                                      final["final/test/loss"])
+
+
+def test_optuna_is_told_each_trained_trials_final_validation_value(sweep):
+    trained = [t for t in sweep.study.trials if "repeat_of" not in t.user_attrs]
+    assert len(trained) == SEARCH_TRIALS
+    assert sorted(t.value for t in trained) == pytest.approx(
+        sorted(run.data.metrics["final/val/top1"] for run in sweep.trials))
+
+
+def test_a_repeated_configuration_is_recorded_with_the_first_ones_value_as_pruned(sweep):
+    """Recorded with the first trial's value, but not as a second finished observation."""
+    repeats = [t for t in sweep.study.trials if "repeat_of" in t.user_attrs]
+    assert repeats
+    for trial in repeats:
+        assert trial.value == sweep.study.trials[trial.user_attrs["repeat_of"]].value
         assert trial.state == optuna.trial.TrialState.PRUNED
-    # Optuna's meaning of an early stop: ASHA-stopped trials are PRUNED, with each epoch's value on the way.
-    epochs_of = {round(r.data.metrics["final/val/top1"], 9): int(r.data.metrics["final/epochs"]) for r in trials}
-    for trial in trained:
+
+
+def test_asha_stopped_trials_are_pruned_in_optuna_with_each_epochs_value(sweep):
+    epochs_of = {round(r.data.metrics["final/val/top1"], 9): int(r.data.metrics["final/epochs"])
+                 for r in sweep.trials}
+    for trial in (t for t in sweep.study.trials if "repeat_of" not in t.user_attrs):
         epochs = epochs_of[round(trial.value, 9)]
         assert sorted(trial.intermediate_values) == list(range(1, epochs + 1))
-        expected = optuna.trial.TrialState.COMPLETE if epochs == 3 else optuna.trial.TrialState.PRUNED
+        expected = optuna.trial.TrialState.COMPLETE if epochs == SEARCH_EPOCHS else optuna.trial.TrialState.PRUNED
         assert trial.state == expected, (trial.number, epochs, trial.state)
-    for trial in study.trials:
-        if trial.params.get("loss.name") == "bickd":
-            assert ("loss.orthogonality" in trial.params) == (trial.params["loss.contrast"] == "full")
-        else:
-            assert set(trial.params) == {"loss.name"}
 
-    # The summary and the report name the trial chosen on validation (not test) and show both figures.
-    rows = pd.read_csv(os.path.join(experiment_dir, "trials.csv"))
-    chosen = max(trials, key=lambda run: run.data.metrics["final/val/top1"])
-    report = (tmp_path / "experiments" / "search" / "report" / "report.md").read_text()
-    assert f"**{chosen.info.run_name}**, chosen by val/top1 on validation" in report
-    table = report.split("## Trials, best first by val/top1 (validation)")[1]
-    first_row = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1]
-    assert first_row.split("|")[1].strip() == chosen.info.run_name
-    assert f"test top-1 {chosen.data.metrics['final/test/top1']:.2f}%" in report
-    summary = printed.split("finished search:")[1]
-    assert f"validation top-1 {chosen.data.metrics['final/val/top1']:.2f}%, test top-1 " \
-           f"{chosen.data.metrics['final/test/top1']:.2f}%" in summary
-    assert set(rows.val_top1.round(6)) == {round(r.data.metrics["final/val/top1"], 6) for r in trials}
+
+def test_conditional_parameters_are_sampled_only_under_their_condition(sweep):
+    for trial in sweep.study.trials:
+        if trial.params.get("loss.name") == "bickd":
+            assert ("loss.orthogonality" in trial.params) == (trial.params["loss.contrast"] == "full"), trial.params
+        else:
+            assert set(trial.params) == {"loss.name"}, trial.params
+
+
+def test_the_report_names_the_trial_chosen_on_validation_with_both_figures(sweep):
+    chosen = sweep.chosen
+    section = _section(sweep.report, "Chosen trial")
+    assert chosen.info.run_name in section
+    assert {round(chosen.data.metrics["final/val/top1"], 2),
+            round(chosen.data.metrics["final/test/top1"], 2)} <= _percentages(section)
+    rows = [line for line in _section(sweep.report, "Trials, best first").splitlines()
+            if line.startswith("| ") and "---" not in line]
+    assert rows[1].split("|")[1].strip() == chosen.info.run_name  # rows[0] is the header
+    assert len(rows) == 1 + SEARCH_TRIALS
+
+
+def test_the_console_summary_gives_the_chosen_trials_figures(sweep):
+    summary = sweep.printed.split("finished search:")[1]
+    assert {round(sweep.chosen.data.metrics["final/val/top1"], 2),
+            round(sweep.chosen.data.metrics["final/test/top1"], 2)} <= _percentages(summary)
+
+
+def test_trials_csv_holds_every_trials_validation_figure(sweep):
+    rows = pd.read_csv(os.path.join(sweep.folder, "trials.csv"))
+    assert set(rows.val_top1.round(6)) == {round(r.data.metrics["final/val/top1"], 6) for r in sweep.trials}
+
+
+def test_the_reports_plots_are_written_and_logged_with_it(sweep):
     for name in ("optuna_history.png", "optuna_slice.png", "optuna_importances.png", "curves.png"):
-        _assert_png(tmp_path / "experiments" / "search" / "report" / name)
-    assert "not comparable" in report  # digits are not CIFAR-100
-    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
-    assert "report/report.md" in artifacts and "report/curves.png" in artifacts
+        _assert_png(os.path.join(sweep.folder, "report", name))
+    artifacts = {a.path for a in sweep.client.list_artifacts(sweep.parent.info.run_id, "report")}
+    assert {"report/report.md", "report/curves.png"} <= artifacts
+
+
+def test_no_published_figure_is_set_beside_an_experiment_on_other_data(sweep):
+    """Digits are not CIFAR-100: the published-numbers section shows no table of figures."""
+    section = _section(sweep.report, "Published numbers")
+    assert section.strip() and not [line for line in section.splitlines() if line.startswith("|")]
 
 
 def _assert_png(path) -> None:
-    data = path.read_bytes()
+    data = Path(path).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, path
     with Image.open(path) as image:
         image.verify()
