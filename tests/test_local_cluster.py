@@ -1,8 +1,8 @@
 """The cluster path on one machine, as cluster/README.md's walkthrough runs it: a multi-node cluster started from
 cluster/local.yaml (Ray's fake multi-node provider, autoscaling from zero workers) with Ray's token
 authentication on, after a local run has written this machine's token; S3 storage on a real local S3 server, a
-real MLflow server with its artifacts in that bucket, a node listed and lost through the guide's commands, and a
-resume from a head with an empty disk. ImageNet-format data that only the 4-GPU node type holds.
+real MLflow server on a real PostgreSQL with its artifacts in that bucket, a node listed and lost through the
+guide's commands, and a resume from a head with an empty disk. ImageNet-format data that only the 4-GPU node type holds.
 
 Every address is 127.0.0.1; the cluster's processes are stopped through its own Ray temp folder. HOME is a
 temporary folder: the machine's own ~/.ray is never touched.
@@ -19,6 +19,7 @@ import tempfile
 import time
 
 import numpy as np
+import psycopg
 import pytest
 import ray
 import yaml
@@ -29,7 +30,7 @@ from bickd.data.cifar import write_cifar100
 from bickd_tune.local_cluster import down
 from bickd_tune.processes import processes_under, stop_processes_under
 from tests.conftest import TINY, deep_update
-from tests.servers import CREDENTIALS, bucket_keys, free_port, mlflow_server, s3_server
+from tests.servers import CREDENTIALS, bucket_keys, free_port, mlflow_server, postgres_server, s3_server
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER = os.path.join(REPO, "cluster")
@@ -252,8 +253,13 @@ def _trial_processes(temp_dir: str) -> list[int]:
             if open(f"/proc/{pid}/cmdline", "rb").read().startswith(b"ray::ImplicitFunc")]
 
 
-def test_a_sweep_on_s3_and_an_mlflow_server_survives_a_lost_node_and_resumes_on_a_new_head(cluster, tmp_path):
-    with s3_server("bickd") as (endpoint, uri), mlflow_server(str(tmp_path), "s3://bickd/mlflow", endpoint) as tracking:
+def test_a_sweep_on_s3_and_mlflow_on_postgresql_survives_a_lost_node_and_resumes_on_a_new_head(cluster, tmp_path):
+    """The documented set-up for a big sweep, end to end: S3 storage, an MLflow server on PostgreSQL with its
+    artifacts in the bucket, a node lost mid-trial, the confirmation stage, and a resume on a new head. Covers:
+    every trial and epoch logged once (in PostgreSQL itself), a restart from the bucket's checkpoint, the
+    experiment's state in the bucket, the autoscaler's node types, and the resume running nothing twice."""
+    with s3_server("bickd") as (endpoint, uri), postgres_server() as database, \
+            mlflow_server(str(tmp_path), "s3://bickd/mlflow", endpoint, backend_store_uri=database) as tracking:
         # CIFAR-100 as torchvision downloads it, on the head only (4 images per class: a few seconds per epoch,
         # time to lose a node mid-trial); with a bucket as storage the nodes copy it from there, never download it.
         head_data = tmp_path / "head-data"
@@ -343,3 +349,14 @@ def test_a_sweep_on_s3_and_an_mlflow_server_survives_a_lost_node_and_resumes_on_
         assert "## Confirmation over fresh seeds" in (head / "remote" / "report" / "report.md").read_text()
         again = client.search_runs([experiment.experiment_id], filter_string="tags.`bickd.kind` = 'trial'")
         assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in trials)
+
+        # The runs live in PostgreSQL itself (the server kept nothing of them in a file of its own).
+        with psycopg.connect(database) as connection:
+            stored = connection.execute("SELECT count(*) FROM runs WHERE experiment_id = %s",
+                                        (int(experiment.experiment_id),)).fetchone()[0]
+            points = connection.execute("SELECT count(*) FROM metrics WHERE key = 'train/loss' AND run_uuid = ANY(%s)",
+                                        ([run.info.run_id for run in trials],)).fetchone()[0]
+        assert stored == 1 + len(trials) and points == len(trials) * SWEEP["recipe"]["epochs"]
+        assert not os.path.exists(tmp_path / "mlflow-server.db")
+    with pytest.raises(psycopg.OperationalError):  # the test's PostgreSQL is stopped
+        psycopg.connect(database, connect_timeout=5)
