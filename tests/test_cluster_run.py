@@ -19,6 +19,8 @@ from mlflow.tracking import MlflowClient
 from bickd_tune.processes import processes_under, stop_processes_under
 from bickd_tune.tracking import TAG_KIND
 
+# The trials distil from a teacher the driver trains first; one epoch of it is enough for what this module proves.
+TEACHER = {"model": "resnet8", "recipe": {"epochs": 1, "schedule": "constant"}}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A real multi-node cluster: the loopback-only switch the other tests set would refuse the second node.
 ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "RAY_AUTH_MODE": "disabled",
@@ -33,9 +35,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def two_node_cluster():
-    """Two `ray start` nodes in a Ray temp folder of the test's own: stopped through it, never `ray stop`."""
+    """Two `ray start` nodes in a Ray temp folder of the module's own: stopped through it, never `ray stop`.
+    Shared by the module's tests: each runs its own drivers and experiments on it, and a trial process killed
+    by one is replaced by its node like any worker, so the next test finds the same two live nodes."""
     if ray.is_initialized():
         ray.shutdown()
     port = _free_port()
@@ -62,7 +66,7 @@ def _trial_pids(temp_dir: str) -> list[int]:
 
 def test_experiment_through_address_survives_a_killed_trial(two_node_cluster, write_experiment, tmp_path):
     path = write_experiment(
-        "remote", recipe={"epochs": 4},
+        "remote", recipe={"epochs": 4}, teacher=TEACHER,
         search={"num_samples": 2, "space": {"loss.tau": {"loguniform": [0.05, 0.5]}}},
         scheduler={"type": "none"},
         resources={"cpus_per_trial": 1, "max_concurrent_trials": 2, "max_failures": 2})
@@ -98,7 +102,7 @@ def test_experiment_through_address_survives_a_killed_trial(two_node_cluster, wr
 def test_two_experiments_at_once_keep_to_themselves(two_node_cluster, write_experiment, tmp_path):
     """Two drivers on one cluster, one storage root and one MLflow store: nothing crosses over."""
     tracking = f"sqlite:///{tmp_path}/shared-mlflow.db"
-    paths = [write_experiment(name, recipe={"epochs": 2}, search={"num_samples": 2, "space": {
+    paths = [write_experiment(name, recipe={"epochs": 2}, teacher=TEACHER, search={"num_samples": 2, "space": {
         "loss.tau": {"loguniform": [0.05, 0.5]}}}, scheduler={"type": "none"},
         tracking={"tracking_uri": tracking, "experiment_name": "shared"},
         resources={"cpus_per_trial": 1, "max_concurrent_trials": 1, "max_failures": 0}) for name in ("left", "right")]
