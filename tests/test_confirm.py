@@ -30,6 +30,8 @@ from bickd_tune.statistics import PAIRED, holm
 from bickd_tune.tracking import TAG_KIND
 from tests.test_resume import REPO, _trial_checkpoints, _wait
 
+EPOCHS = 2  # per trial: enough for a checkpoint to resume from and an epoch after it
+
 
 def _cli(*args: str) -> subprocess.Popen:
     """The CLI with its report (the confirmation is its last section)."""
@@ -87,8 +89,8 @@ def test_search_then_confirmation_killed_midway_and_resumed(write_experiment, tm
     if ray.is_initialized():
         ray.shutdown()  # one Ray cluster at a time on this machine
     path = write_experiment(
-        "confirmed", recipe={"epochs": 3},
-        teacher={"model": "resnet8", "recipe": {"epochs": 2, "batch_size": 64, "schedule": "cosine"}},
+        "confirmed", recipe={"epochs": EPOCHS},
+        teacher={"model": "resnet8", "recipe": {"epochs": 1, "batch_size": 64, "schedule": "constant"}},
         # two trials, one of them the YAML's own setting: both are the top 2, and the default among them is
         # trained once in the confirmation, as `defaults`
         search={"num_samples": 2, "seed": 0, "space": {"loss.tau": {"loguniform": [0.05, 0.5]}},
@@ -135,7 +137,7 @@ def test_search_then_confirmation_killed_midway_and_resumed(write_experiment, tm
     assert plan.labels["defaults"].startswith("the YAML's own setting; = search #")
     assert plan.search_values["defaults"] > 0 and plan.arms[winners[0]]["loss.tau"] != 0.1
 
-    # The study holds only the search's trials (3 epochs each, no scheduler: both ran their whole recipe).
+    # The study holds only the search's trials (EPOCHS each, no scheduler: both ran their whole recipe).
     study = optuna.load_study(study_name="confirmed", storage=f"sqlite:///{experiment_dir}/optuna.db")
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 2
 
@@ -150,7 +152,8 @@ def test_search_then_confirmation_killed_midway_and_resumed(write_experiment, tm
     for run in confirmed:
         assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
         assert run.info.run_name.startswith("confirm-")
-        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == [1, 2, 3]
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+        assert steps == list(range(1, EPOCHS + 1))
     assert {r.data.params["loss.name"] for r in confirmed if r.data.params["arm"] == "kd"} == {"kd"}
 
     # The table: read back from MLflow's final figures; every setting against kd, the winner against the
