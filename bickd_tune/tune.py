@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import re
 import sys
 from typing import Any
 
@@ -61,6 +62,21 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             overrides[key] = value
     return overrides
+
+
+# What ray.init accepts as an address: a running local instance, a new local one, host:port, or a Ray Client URL.
+ADDRESS_FORMS = "'auto', 'local', HOST:PORT or ray://HOST:PORT"
+_ADDRESS = re.compile(r"^(auto|local|(ray://)?[A-Za-z0-9._-]+:[0-9]{1,5})$")
+
+
+def check_flag_values(args: argparse.Namespace) -> None:
+    """The flags argparse types cannot judge, refused before anything starts (Ray would raise a traceback)."""
+    if args.num_samples is not None and args.num_samples < 1:
+        raise ConfigError(f"--num-samples: must be >= 1 (got {args.num_samples})")
+    if args.num_cpus is not None and not args.num_cpus > 0:
+        raise ConfigError(f"--num-cpus: must be > 0 (got {args.num_cpus:g})")
+    if args.address is not None and not _ADDRESS.match(args.address):
+        raise ConfigError(f"--address: expected {ADDRESS_FORMS} (got {args.address!r})")
 
 
 def _seed_draws(experiment: ExperimentConfig, per_seed: list[str]) -> str:
@@ -139,8 +155,7 @@ def plan_lines(experiment: ExperimentConfig, paths: ExperimentPaths) -> list[str
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.num_samples is not None and args.num_samples < 1:
-            raise ConfigError(f"--num-samples: must be >= 1 (got {args.num_samples})")
+        check_flag_values(args)
         experiment = load_experiment(args.config, cli_overrides(args))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

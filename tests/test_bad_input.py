@@ -22,11 +22,6 @@ with open(os.path.join(os.path.dirname(__file__), "data", "bad_inputs.yaml"), en
 BASE = {"name": "tiny", **TINY, "search": {"num_samples": 2, "space": {"loss.w_bc": {"loguniform": [0.5, 2.0]}}}}
 
 
-# Options whose bad values only surface once Ray starts (a cluster to join, the local instance's size): the
-# catalogue runs in-process before anything starts, so they are not among its cases.
-NEEDS_RAY = {"--address", "--num-cpus"}
-
-
 def _sections(case: dict) -> set[str]:
     """The top-level sections of the experiment a case breaks (through the YAML or `--set`)."""
     args = case.get("args", [])
@@ -51,7 +46,7 @@ def test_catalogue_gives_every_value_taking_flag_a_bad_value():
     flags = set(re.findall(r"\[(--[a-z-]+) [A-Z_=]+\]", build_parser().format_usage()))  # `[--flag VALUE]`
     assert "--set" in flags and "--resume" not in flags
     given = {arg for case in CATALOGUE for arg in case.get("args", []) if arg.startswith("--")}
-    assert sorted(flags - NEEDS_RAY - given) == []
+    assert sorted(flags - given) == []
 
 
 def _prepare(case: dict, tmp_path) -> list[str]:
