@@ -3,7 +3,9 @@
 - no access to private parts of Ray, Optuna or MLflow (their `_private` modules, their underscore names, an
   underscore attribute of any object but self/cls) outside the one adapter, bickd_tune/ray_internals.py;
 - an import inside a function says why on its line or the line above (a heavy or optional dependency, or a cycle);
-- no import cycles among the project's modules (their module-level imports).
+- no import cycles among the project's modules (their module-level imports);
+- layering: bickd/ imports nothing of the platform, Ray, Optuna or MLflow; bickd_tune/ nothing of the entry
+  points, benchmarks or tests.
 """
 from __future__ import annotations
 
@@ -221,3 +223,36 @@ def test_the_comment_rule_accepts_a_reason_beside_or_above_and_refuses_a_bare_im
                       "    x = 1\n"
                       "    import json\n", encoding="utf-8")
     assert unexplained_imports(sample) == ["sample.py:8: import json"]
+
+
+# --------------------------------------------------------------------------------- layering
+
+# What each layer must not import, anywhere in it (inside functions too): the method in bickd/ runs without
+# the platform and without Ray, Optuna or MLflow; the platform does not reach into the entry points, the
+# benchmarks or the tests.
+FORBIDDEN = {
+    "bickd": ("bickd_tune", "platform", "benchmarks", "cluster", "tests", *LIBRARIES),
+    "bickd_tune": ("platform", "benchmarks", "tests"),
+}
+
+
+def layer_breaches(package: str, forbidden: tuple[str, ...]) -> list[str]:
+    found = []
+    for path in files((package,)):
+        name = module_name(path)
+        for node in ast.walk(tree(path)):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and not getattr(node, "level", 0):
+                for target in imported_names(node, name, path.name == "__init__.py"):
+                    if target.split(".")[0] in forbidden:
+                        found.append(f"{where(path, node.lineno)} imports {target}")
+    return found
+
+
+def test_each_layer_imports_only_what_is_below_it():
+    assert layer_breaches("bickd", FORBIDDEN["bickd"]) == []
+    assert layer_breaches("bickd_tune", FORBIDDEN["bickd_tune"]) == []
+
+
+def test_the_layer_rule_finds_the_imports_a_layer_has():
+    # bickd_tune does import Ray: the scan must say so, or the rule above could pass by seeing nothing
+    assert any("imports ray" in line for line in layer_breaches("bickd_tune", ("ray",)))
