@@ -162,7 +162,9 @@ class _Stages:
         plan, or None when interrupted."""
         plan = confirm.load_or_choose(self.experiment, self.paths, self.base, search_results)
         print(f"[confirm] {len(plan.arms)} settings x {len(plan.seeds)} fresh seeds = {plan.trials} trials at the "
-              f"full recipe, each compared with {plan.control}: {', '.join(plan.arms)}", flush=True)
+              f"full recipe, each compared with {plan.control}"
+              + (f" and the search's winners with {plan.reference}" if plan.reference else "")
+              + f": {', '.join(plan.arms)}", flush=True)
         stage = self._drawing_per_seed(tuner.confirm_stage(self.experiment, self.paths, plan),
                                        self.experiment.confirm)
         results = self._fit(stage)
