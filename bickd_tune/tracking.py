@@ -25,6 +25,7 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from bickd_tune.mlflow_store import prepare_tracking_store
 from bickd_tune.ray_env import PACKAGE_ROOT
 from bickd_tune.store_writer import BackgroundWriter
 
@@ -122,6 +123,7 @@ class Tracker:
 
     def __init__(self, tracking_uri: str, experiment_name: str, identity: str, local_dir: str):
         os.environ.setdefault(*QUIET_RUN_URLS)
+        prepare_tracking_store(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self.identity = identity
