@@ -91,12 +91,10 @@ def _run(experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int,
         with open(os.path.join(paths.local_dir, "experiment.yaml"), "wb") as handle:
             handle.write(config_text)
     draws.write_record(experiment, paths, teacher_ids, shared)
-    # The teacher's Ray task starts first and runs while the driver imports MLflow and opens its store.
+    # On a cluster the teacher's Ray task starts first and runs while the driver opens the MLflow store.
     # Nothing else runs while the teacher trains: locally it gets the whole instance.
     options = remote_options(experiment, None if joined else cluster_resources().get("CPU"))
-    teacher = TeacherStage(experiment, paths, num_classes, options)
-
-
+    teacher = TeacherStage(experiment, paths, num_classes, options, joined)
     tracker = Tracker(paths.tracking_uri, experiment.tracking.experiment_name or experiment.name, paths.identity,
                       paths.local_dir)
     parent = tracker.parent_run(experiment.name, experiment.model_dump(mode="json"),
@@ -104,7 +102,8 @@ def _run(experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int,
     try:
         teacher_state = teacher.finish(tracker, parent)
         draws.write_record(experiment, paths, draws.teacher_ids(experiment, teacher_state), shared)
-        base = prepare_teacher_cache(experiment, experiment.base_train_config(), teacher_state, paths, options)
+        base = prepare_teacher_cache(experiment, experiment.base_train_config(), teacher_state, paths, options,
+                                     joined)
         stages = _Stages(experiment, paths, tracker, parent, base, teacher_state, joined, resume, options)
         results = stages.main()
         confirmed = None
@@ -182,7 +181,8 @@ class _Stages:
         configs = {seed: self.base.with_overrides(draws.seed_overrides(self.base, seed, per_seed))
                    for seed in stage.seeds}
         cached = dict(zip(configs, prepare_teacher_caches(self.experiment, list(configs.values()),
-                                                          self.teacher_state, self.paths, self.teacher_options)))
+                                                          self.teacher_state, self.paths, self.teacher_options,
+                                                          self.joined)))
         overrides = {seed: {**draws.seed_overrides(self.base, seed, per_seed),
                             **({"teacher_cache.path": cached[seed].teacher_cache.path}
                                if cached[seed].teacher_cache.enabled else {})}

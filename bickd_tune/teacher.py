@@ -1,8 +1,9 @@
 """The teacher stage: trained (or loaded and checked) once per experiment, before any trial.
 
-Training runs as a Ray task that checkpoints into the experiment's storage (every epoch, or at most every
-`runtime.checkpoint_every_s`): a lost node re-runs the task (`max_retries`) and a `--resume` after a lost
-driver continues from the last checkpoint instead of from epoch 0. The finished weights stay in storage as
+Training checkpoints into the experiment's storage (every epoch, or at most every `runtime.checkpoint_every_s`).
+It runs as a Ray task on a cluster or a GPU (a lost node re-runs the task, `max_retries`) and in the driver on a
+local CPU instance (`in_this_process`); either way a `--resume` after a lost driver continues from the last
+checkpoint instead of from epoch 0. The finished weights stay in storage as
 `teacher/<model>.pt`, so a resume (from any head) does not train again. Weights reach the trials through
 Ray's object store (`tune.with_parameters`).
 """
@@ -62,8 +63,42 @@ def with_threads(config_json: dict[str, Any], options: dict[str, Any]) -> dict[s
     return {**config_json, "runtime": {**config_json["runtime"], "threads": max(1, int(options["num_cpus"]))}}
 
 
-@ray.remote(max_retries=TASK_RETRIES)
-def _train(config_json: dict[str, Any], storage: Storage) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+def in_this_process(options: dict[str, Any], joined: bool) -> bool:
+    """Where the stage runs. On a local instance without GPUs: in the driver, which has torch and the project
+    imported and the data loaded by the preflight, and only waits meanwhile (a Ray task first starts a process
+    that imports them again: 5-8 s on 2 cores, a third of a sweep's fixed cost). On a joined cluster (the teacher
+    belongs on a GPU node of the trials' type) or with a GPU (the driver would keep a CUDA context for the
+    whole sweep): a Ray task."""
+    return not joined and not options["num_gpus"] and not torch.cuda.is_available()
+
+
+class _InThisProcess:
+    """A stage step run in the driver when its result is first asked for, as `ray.get` waits for a task; torch
+    gets the threads the task would have had."""
+
+    def __init__(self, function, options: dict[str, Any], *args):
+        self.function, self.threads, self.args = function, max(1, int(options["num_cpus"])), args
+
+    def result(self):
+        torch.set_num_threads(self.threads)
+        return self.function(*self.args)
+
+
+class _InRayTask:
+    """The same step as a Ray task with the stage's resources, started at once."""
+
+    def __init__(self, function, options: dict[str, Any], *args):
+        self.ref = _AS_TASK[function].options(**options).remote(*args)
+
+    def result(self):
+        return ray.get(self.ref)
+
+
+def stage_step(options: dict[str, Any], joined: bool):
+    return _InThisProcess if in_this_process(options, joined) else _InRayTask
+
+
+def train_weights(config_json: dict[str, Any], storage: Storage) -> tuple[dict[str, torch.Tensor], list[dict]]:
     config = on_this_node(TrainConfig.model_validate(config_json)).teacher_training_config()
     progress = storage.read_torch(PROGRESS) if storage.exists(PROGRESS) else None
     history: list[dict[str, float]] = []
@@ -86,8 +121,7 @@ def _train(config_json: dict[str, Any], storage: Storage) -> tuple[dict[str, tor
     return weights, history
 
 
-@ray.remote
-def _evaluate(config_json: dict[str, Any], model_name: str, state: dict[str, torch.Tensor]):
+def evaluate(config_json: dict[str, Any], model_name: str, state: dict[str, torch.Tensor]) -> dict[str, float]:
     return evaluate_weights(on_this_node(TrainConfig.model_validate(config_json)), model_name, state)
 
 
@@ -101,13 +135,15 @@ def load_teacher_state(model_name: str, num_classes: int, path: str) -> dict[str
 class TeacherStage:
     """The teacher's weights: from teacher.checkpoint, from the experiment's storage, or trained now.
 
-    Started before the MLflow store is opened: the Ray task (a worker importing torch, then training or
-    evaluating) runs while the driver creates the store's tables, instead of after it.
+    A Ray task is started before the MLflow store is opened (a worker imports torch meanwhile); in the driver
+    the work waits for `finish`.
     """
 
     def __init__(self, experiment: ExperimentConfig, paths: ExperimentPaths, num_classes: int,
-                 options: dict[str, Any]):
+                 options: dict[str, Any], joined: bool):
         self.experiment, self.storage, self.options = experiment, paths.storage(), options
+        step = stage_step(options, joined)
+        self.where = "in this process" if step is _InThisProcess else "in a Ray task"
         self.training = self.evaluation = self.state = self.history = None
         if experiment.teacher is None:
             return
@@ -116,22 +152,21 @@ class TeacherStage:
         self.source = experiment.teacher.checkpoint or paths.in_storage(name)
         if experiment.teacher.checkpoint is not None:
             self.state = load_teacher_state(experiment.teacher.model, num_classes, experiment.teacher.checkpoint)
-            self.evaluation = _evaluate.options(**options).remote(base, experiment.teacher.model,
-                                                                                  self.state)
+            self.evaluation = step(evaluate, options, base, experiment.teacher.model, self.state)
         elif self.storage.exists(name):  # trained by an earlier run of this experiment
             self.state, self.history = self.storage.read_torch(name)["model"], self.storage.read_json(HISTORY)
         else:
             print(f"[teacher] training {experiment.teacher.model} "
                   f"({(experiment.teacher.recipe or experiment.recipe).epochs} epochs) before the trials on "
-                  f"{describe_options(options)}", flush=True)
-            self.training = _train.options(**options).remote(base, self.storage)
+                  f"{describe_options(options)}, {self.where}", flush=True)
+            self.training = step(train_weights, options, base, self.storage)
 
     def finish(self, tracker: Tracker, parent_run_id: str) -> dict[str, torch.Tensor] | None:
         """Waits for the stage, logs it to the parent run and returns the weights (None: no teacher)."""
         if self.experiment.teacher is None:
             return None
         if self.training is not None:
-            self.state, self.history = ray.get(self.training)
+            self.state, self.history = self.training.result()
         if self.history is not None:
             logged = tracker.last_step(parent_run_id, "teacher/train/loss")
             for metrics in self.history:  # each epoch once, also across resumes
@@ -141,7 +176,7 @@ class TeacherStage:
             # fit() evaluates after the last epoch: the weights just trained need no second evaluation
             metrics = self.history[-1]
         else:
-            metrics = ray.get(self.evaluation)
+            metrics = self.evaluation.result()
             tracker.log_metrics(parent_run_id, {f"teacher/{k}": v for k, v in metrics.items()}, 0)
         tracker.client.set_tag(parent_run_id, "teacher_checkpoint", self.source)
         print(f"[teacher] {self.experiment.teacher.model} from {self.source}: validation top-1 "
@@ -149,9 +184,8 @@ class TeacherStage:
         return self.state
 
 
-@ray.remote(max_retries=TASK_RETRIES)
-def _build_cache(config_json: dict[str, Any], state: dict[str, torch.Tensor], storage: Storage, name: str) -> None:
-    """Builds the cache on a worker and puts it into the experiment's storage."""
+def build_cache(config_json: dict[str, Any], state: dict[str, torch.Tensor], storage: Storage, name: str) -> None:
+    """Builds the cache where the stage runs and puts it into the experiment's storage."""
     config = on_this_node(TrainConfig.model_validate(config_json))
     if not is_remote(storage.uri):
         build_teacher_cache(config, state, os.path.join(storage.root, name))  # local storage: in place
@@ -161,15 +195,19 @@ def _build_cache(config_json: dict[str, Any], state: dict[str, torch.Tensor], st
         storage.upload(os.path.join(folder, "cache"), name)
 
 
+_AS_TASK = {train_weights: ray.remote(max_retries=TASK_RETRIES)(train_weights), evaluate: ray.remote(evaluate),
+            build_cache: ray.remote(max_retries=TASK_RETRIES)(build_cache)}
+
+
 def prepare_teacher_cache(experiment: ExperimentConfig, base, state: dict[str, torch.Tensor] | None,
-                          paths: ExperimentPaths, options: dict[str, Any]):
+                          paths: ExperimentPaths, options: dict[str, Any], joined: bool):
     """Builds the experiment's teacher-logit cache once (if enabled) in its storage and points the trials'
     config at it; trials on other nodes fetch a verified copy (`trial.local_teacher_cache`)."""
-    return prepare_teacher_caches(experiment, [base], state, paths, options)[0]
+    return prepare_teacher_caches(experiment, [base], state, paths, options, joined)[0]
 
 
 def prepare_teacher_caches(experiment: ExperimentConfig, configs: list, state: dict[str, torch.Tensor] | None,
-                           paths: ExperimentPaths, options: dict[str, Any]) -> list:
+                           paths: ExperimentPaths, options: dict[str, Any], joined: bool) -> list:
     """`configs` each pointed at its teacher-logit cache (one per distinct views, data and teacher), the missing
     ones built at once as Ray tasks; configs without a cache come back unchanged."""
     if state is None:
@@ -181,9 +219,11 @@ def prepare_teacher_caches(experiment: ExperimentConfig, configs: list, state: d
     if missing:
         print(f"[teacher] caching logits for {configs[0].teacher_cache.epochs} augmented epochs "
               f"({len(missing)} view set{'s' if len(missing) > 1 else ''})", flush=True)
-        state_ref = ray.put(state)
-        ray.get([_build_cache.options(**options).remote(with_threads(config.model_dump(mode="json"), options),
-                                                        state_ref, storage, name)
-                 for name, config in missing.items()])
+        step = stage_step(options, joined)
+        shared = state if step is _InThisProcess else ray.put(state)  # one copy in the object store for every task
+        steps = [step(build_cache, options, with_threads(config.model_dump(mode="json"), options), shared, storage,
+                      name) for name, config in missing.items()]
+        for each in steps:  # Ray tasks run side by side; in this process one after the other, on every CPU
+            each.result()
     return [config if name is None else config.with_overrides({"teacher_cache.path": paths.in_storage(name)})
             for name, config in zip(names, configs)]

@@ -127,7 +127,8 @@ def plan_lines(experiment: ExperimentConfig, paths: ExperimentPaths) -> list[str
                     if "coordinator" in resources.coordinator_resources else
                     "on cluster/*.yaml's zero-CPU head that starts a GPU node for it alone"))
     teacher_cpus = (f"{resources.teacher_cpus:g} CPUs (resources.teacher_cpus)" if resources.teacher_cpus else
-                    "every CPU of the local instance (on a joined cluster: one trial's CPUs per whole GPU)")
+                    "every CPU of the local instance, in this process without GPUs (on a joined cluster: a Ray task "
+                    "with one trial's CPUs per whole GPU)")
     teacher = ("none" if experiment.teacher is None else
                f"{experiment.teacher.model} from {experiment.teacher.checkpoint}" if experiment.teacher.checkpoint
                else f"{experiment.teacher.model}, trained once before the trials on {teacher_cpus}"

@@ -4,6 +4,7 @@ the way a lost spot worker kills it."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -87,6 +88,7 @@ def test_experiment_through_address_survives_a_killed_trial(two_node_cluster, wr
     out, _ = driver.communicate(timeout=400)
     assert killed is not None, out
     assert driver.returncode == 0, out
+    assert re.search(r"\[teacher\] training .* in a Ray task", out), out[-3000:]  # on the cluster, not the driver
 
     client = MlflowClient(f"sqlite:///{experiment_dir}/mlflow.db")
     experiment_id = client.get_experiment_by_name("remote").experiment_id

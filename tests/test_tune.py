@@ -142,10 +142,13 @@ def test_the_teacher_logged_is_the_checkpoint_the_trials_distilled(sweep):
 
 
 def test_the_teacher_trains_on_the_whole_local_instance(sweep):
-    """Nothing else runs while the teacher trains: it gets every CPU of the local instance, as many threads."""
+    """Nothing else runs while the teacher trains: it gets every CPU of the local instance, as many threads, in
+    the driver (no GPU here), which has torch and the data loaded already."""
     line = next(line for line in sweep.printed.splitlines() if line.startswith("[teacher] training"))
     cpus, threads = (int(re.search(rf"(\d+) {unit}", line).group(1)) for unit in ("CPUs", "threads"))
     assert (cpus, threads) == (LOCAL_CPUS, LOCAL_CPUS), line
+    assert line.endswith("in this process"), line
+    assert "(_train pid=" not in sweep.printed  # no Ray task's output
     assert int(re.search(r"(\d+) epochs", line).group(1)) == SEARCH_EPOCHS, line
 
 
