@@ -112,6 +112,8 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, temp_dir
     """
     import ray  # not at the top: use_loopback() must run before the process's first `import ray` (module docstring)
 
+    from bickd_tune.ray_internals import no_prestarted_workers  # imports ray: the same reason
+
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -121,7 +123,7 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, temp_dir
     else:
         # `coordinator` slots, as the clusters' heads have: a DDP trial's driver asks for one by default.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir,
-                 resources={COORDINATOR: COORDINATOR_SLOTS}, **kwargs)
+                 resources={COORDINATOR: COORDINATOR_SLOTS}, **no_prestarted_workers(), **kwargs)
 
 
 def cluster_resources() -> dict[str, float]:

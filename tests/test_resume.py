@@ -43,6 +43,14 @@ def _trial_checkpoints(experiment_dir: str) -> int:
     return sum(name.startswith("checkpoint_") for _, dirs, _ in os.walk(experiment_dir) for name in dirs)
 
 
+def _command(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read()
+    except OSError:  # ended meanwhile
+        return b""
+
+
 def _teacher_epochs_saved(experiment_dir: str) -> int:
     progress = os.path.join(experiment_dir, "teacher", "progress.pt")
     return torch.load(progress, weights_only=True)["epoch"] + 1 if os.path.exists(progress) else 0
@@ -91,6 +99,9 @@ def test_interrupted_driver_then_resume_completes_every_trial_once(write_experim
     first = _cli(path)
     _wait(lambda: _teacher_epochs_saved(experiment_dir) >= 2, first)
     saved_teacher_epochs = _teacher_epochs_saved(experiment_dir)
+    # The teacher trains in the driver (a local CPU instance), and the instance started no idle worker for a task
+    # that never comes (ray_internals.no_prestarted_workers): only Ray's own processes (its agents among them).
+    assert not [pid for pid in processes_under(ray_folder) if _command(pid).startswith(b"ray::IDLE")]
     _stop(first, signal.SIGKILL, ray_folder)
     again = _cli(path)  # starting again without --resume is refused
     out, _ = again.communicate(timeout=60)
