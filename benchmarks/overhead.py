@@ -206,6 +206,8 @@ def killed_and_resumed(n: int, folder: str, teacher: str) -> dict:
     command to its first new trial's first training step, and whether every trial is in MLflow and Optuna once."""
     from mlflow.tracking import MlflowClient  # heavy: not in the bare arm's process, whose peak memory is measured
 
+    from bickd_tune.search import UNKNOWN_TO_TUNE_ATTR  # the platform's modules: the same reason
+
     name = "platform-resume"
     path = platform_yaml(folder, teacher, name)
     experiment = os.path.join(folder, name)
@@ -238,7 +240,8 @@ def killed_and_resumed(n: int, folder: str, teacher: str) -> dict:
     return {"n": n, "killed_after": killed_at, "first_new_step_s": min(s for s in starts if s > resumed_at) - resumed_at,
             "resume_wall": wall, "runs": len(runs), "distinct_trials": len({r.data.tags["ray.trial_id"] for r in runs}),
             "finished_runs": sum(r.info.status == "FINISHED" for r in runs), "doubled_steps": doubled,
-            "optuna_complete": len(complete)}
+            "optuna_complete": len(complete),
+            "optuna_unknown_to_tune": len(study.user_attrs.get(UNKNOWN_TO_TUNE_ATTR, []))}
 
 
 def fixed_cost(folder: str) -> dict:
@@ -293,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"training step {r['first_new_step_s']:.1f} s after the --resume command; the rest in "
                   f"{r['resume_wall']:.0f} s. MLflow: {r['runs']} trial runs, {r['distinct_trials']} distinct, "
                   f"{r['finished_runs']} finished, {r['doubled_steps']} with a step logged twice; Optuna: "
-                  f"{r['optuna_complete']} complete trials", flush=True)
+                  f"{r['optuna_complete']} complete trials, {r['optuna_unknown_to_tune']} of them finished after "
+                  "Tune's last snapshot before the kill (kept, listed apart in the study)", flush=True)
         if not args.no_fixed_cost:
             fixed = fixed_cost(os.path.join(folder, "fixed"))
             print(f"  fixed cost (demo.yaml, start -> first training step of the first trial, less the teacher's "

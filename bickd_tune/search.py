@@ -26,6 +26,8 @@ from bickd_tune.experiment import SearchConfig, SearchParam
 
 EXHAUSTED_ATTR = "exhausted_after"  # study user attribute: the space held no new configuration any more
 REPEAT_ATTR = "repeat_of"           # trial user attribute: the number of the trial that trained this point
+# study user attribute: numbers of COMPLETE trials proposed after Tune's last snapshot and finished before a hard kill
+UNKNOWN_TO_TUNE_ATTR = "finished_after_last_snapshot"
 EPOCH = "epoch"                     # the step of an intermediate value: the epoch a result reports
 MAX_REPEATS_IN_A_ROW = 100          # proposals in a row that repeat a trained point before the space counts as used up
 
@@ -217,9 +219,22 @@ class StudySearcher(Searcher):
         self._waiting, self._ended = state["_waiting"], set(state["_ended"])
         # The sampler starts again from a seed of its own: the search's seed would replay its first proposals.
         self._open_study(self._search.seed + len(self._study.get_trials(deepcopy=False)))
+        self._list_unknown_to_tune()
+
+    def _list_unknown_to_tune(self) -> None:
+        """Trials proposed after Tune's last snapshot that finished before the hard kill: Tune never hears of them
+        again (their MLflow runs are retired) and Optuna cannot reopen them. Their values are real and stay in
+        the study; the study lists their numbers, so that they are counted once, apart from Tune's trials."""
+        known = set(self._numbers.values()) | {n for numbers in self._waiting.values() for n in numbers}
+        unknown = [t.number for t in self._study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                   if t.number not in known and REPEAT_ATTR not in t.user_attrs]
+        if unknown:
+            listed = self._study.user_attrs.get(UNKNOWN_TO_TUNE_ATTR, [])
+            self._study.set_user_attr(UNKNOWN_TO_TUNE_ATTR, sorted({*listed, *unknown}))
 
 
 ORPHANS_ATTR = "orphaned_trials"  # study user attribute: numbers of trials retired after a hard kill
+
 
 
 def retire_running_trials(storage_url: str, study_name: str) -> list[int]:

@@ -14,7 +14,7 @@ from ray.tune.search import Searcher
 
 from bickd.config import TrainConfig
 from bickd_tune.experiment import SearchConfig
-from bickd_tune.search import REPEAT_ATTR, StudySearcher, config_key, exhausted
+from bickd_tune.search import REPEAT_ATTR, UNKNOWN_TO_TUNE_ATTR, StudySearcher, config_key, exhausted
 
 BASE = TrainConfig.model_validate({"data": {"name": "digits"}, "teacher": {"model": "resnet8"},
                                    "student": {"model": "resnet8"}, "recipe": {"epochs": 2, "schedule": "cosine"}})
@@ -186,3 +186,24 @@ def test_a_trial_the_study_finished_before_a_hard_kill_can_complete_again(tmp_pa
     resumed.restore(snapshot)
     resumed.on_trial_complete("t1", {"val/top1": 20.5, "epoch": 2})  # no new epoch: straight to the completion
     assert [(t.state, t.value) for t in _study(tmp_path).trials] == [(TrialState.COMPLETE, 20.0)]
+
+
+def test_a_trial_proposed_and_finished_after_the_last_snapshot_is_listed_apart(tmp_path):
+    """Tune never hears of it again after the resume; its value is real and stays, and the study says which
+    trial it is, so that the study's complete trials add up to Tune's trials plus these."""
+    searcher = _searcher(tmp_path)
+    searcher.suggest("t1")
+    snapshot = str(tmp_path / "searcher.json")
+    searcher.save(snapshot)  # Tune's last snapshot: t1 running, t2 not yet proposed
+    searcher.on_trial_complete("t1", {"val/top1": 20.0, "epoch": 2})
+    searcher.suggest("t2")
+    searcher.on_trial_complete("t2", {"val/top1": 30.0, "epoch": 2})  # finished in the study, then the kill
+    resumed = _searcher(tmp_path)
+    resumed.restore(snapshot)
+    resumed.on_trial_complete("t1", {"val/top1": 20.5, "epoch": 2})  # Tune re-runs t1 only
+    resumed.suggest("t3")
+    resumed.on_trial_complete("t3", {"val/top1": 25.0, "epoch": 2})
+    study = _study(tmp_path)
+    assert [(t.number, t.state, t.value) for t in study.trials] == [
+        (0, TrialState.COMPLETE, 20.0), (1, TrialState.COMPLETE, 30.0), (2, TrialState.COMPLETE, 25.0)]
+    assert study.user_attrs[UNKNOWN_TO_TUNE_ATTR] == [1]
