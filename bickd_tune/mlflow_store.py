@@ -60,12 +60,16 @@ def _build_empty_store(template: str) -> None:
 
 
 def _copy_into_place(template: str, target: str) -> None:
-    """Copied beside the target, then renamed: MLflow never sees half a file."""
+    """Copied beside the target, then linked to its name: MLflow never sees half a file, and of two drivers
+    starting on one new store the second finds the first's (a link never replaces a file; a rename would, under
+    a store the first driver has already written to)."""
     partial = f"{target}.{os.getpid()}.part"
     try:
         shutil.copyfile(template, partial)
-        if not os.path.exists(target):
-            os.replace(partial, target)
+        try:
+            os.link(partial, target)
+        except FileExistsError:
+            pass
     finally:
         if os.path.exists(partial):
             os.remove(partial)

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
@@ -127,18 +129,23 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self.identity = identity
-        existing = self.client.get_experiment_by_name(experiment_name)
         # With a SQLite store, artifacts would default to ./mlruns under the current folder: keep them
         # beside the experiment instead. A tracking server decides for itself.
         artifacts = (None if tracking_uri.startswith(("http://", "https://"))
                      else "file://" + os.path.join(local_dir, "mlartifacts"))
+        existing = self.client.get_experiment_by_name(experiment_name)
         if existing is None:
-            self.experiment_id = self.client.create_experiment(experiment_name, artifact_location=artifacts,
-                                                               tags=dict([EXPERIMENT_KIND]))
-        else:
-            self.experiment_id = existing.experiment_id
-            if existing.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
-                self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
+            try:
+                self.experiment_id = self.client.create_experiment(experiment_name, artifact_location=artifacts,
+                                                                   tags=dict([EXPERIMENT_KIND]))
+                return
+            except MlflowException as err:  # two drivers sharing a store, both creating it at once: the other won
+                if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                    raise
+            existing = self.client.get_experiment_by_name(experiment_name)
+        self.experiment_id = existing.experiment_id
+        if existing.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles callbacks with the experiment (for --resume); a client is rebuilt from its URI.

@@ -114,7 +114,7 @@ def test_two_experiments_at_once_keep_to_themselves(two_node_cluster, write_expe
                                  "--no-report"], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True) for path in paths]
     outputs = [driver.communicate(timeout=400)[0] for driver in drivers]
-    assert [driver.returncode for driver in drivers] == [0, 0], outputs
+    assert [driver.returncode for driver in drivers] == [0, 0], [output[-4000:] for output in outputs]
 
     client = MlflowClient(tracking)
     experiment_id = client.get_experiment_by_name("shared").experiment_id

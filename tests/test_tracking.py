@@ -3,6 +3,7 @@ is found past one page, and trial logging never makes the driver wait on the sto
 doubles and reorders nothing."""
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
 import threading
 import time
@@ -19,6 +20,7 @@ from bickd_tune.store_writer import StoreWriteError
 from bickd_tune.tracking import TAG_TRIAL_ID, Tracker, TrialLogger, search_all_runs
 
 EPOCHS = 3
+DRIVERS_AT_ONCE = 6
 LOCK_HELD_S = 1.0  # well under SQLite's 5 s busy timeout: a blocked writer waits instead of failing
 
 
@@ -204,3 +206,27 @@ def test_a_failed_write_is_raised_in_the_driver(store, checkpoint):
         logger.on_trial_result(0, [trial], trial, _result(3))  # and the sweep stops at its next result
     with pytest.raises(StoreWriteError):
         logger.on_experiment_end([trial])
+
+
+def _start_driver(database: str, folder: str, number: int, starting, ids) -> None:
+    starting.wait()
+    try:
+        ids.put(Tracker(f"sqlite:///{database}", "shared at once", f"driver{number}", folder).experiment_id)
+    except Exception as err:  # noqa: BLE001 - any failure of a driver's start is what the test reports
+        ids.put(repr(err))
+
+
+def test_drivers_that_start_at_once_on_one_store_share_one_experiment(database, tmp_path):
+    """Experiments sharing a tracking store and an experiment name (tests/test_cluster_run.py runs two such
+    drivers): each looks it up, finds nothing and creates it at the same moment; one creation wins, the others
+    use the experiment it made."""
+    context = multiprocessing.get_context("fork")  # this process's imports: the drivers start in milliseconds
+    starting, ids = context.Barrier(DRIVERS_AT_ONCE), context.Queue()
+    drivers = [context.Process(target=_start_driver, args=(str(database), str(tmp_path), number, starting, ids))
+               for number in range(DRIVERS_AT_ONCE)]
+    for driver in drivers:
+        driver.start()
+    started = [ids.get(timeout=60) for _ in drivers]
+    for driver in drivers:
+        driver.join(timeout=60)
+    assert len(set(started)) == 1 and started[0].isdigit(), started
