@@ -236,7 +236,6 @@ class StudySearcher(Searcher):
 ORPHANS_ATTR = "orphaned_trials"  # study user attribute: numbers of trials retired after a hard kill
 
 
-
 def retire_running_trials(storage_url: str, study_name: str) -> list[int]:
     """After a resume from a hard kill: Optuna trials still RUNNING were started before the driver died and
     run again under new trials; they are told FAIL and listed in the study's `orphaned_trials`."""

@@ -19,6 +19,7 @@ import torch
 from bickd.config import TrainConfig
 from bickd.models import create_model, load_checkpoint
 from bickd.run import build_teacher_cache, evaluate_weights, fit, print_report
+from bickd.runtime import apply_threads
 from bickd.teacher_cache import MANIFEST, cache_key, cache_name
 from bickd_tune.data_copy import on_this_node
 from bickd_tune.experiment import ExperimentConfig
@@ -73,14 +74,13 @@ def in_this_process(options: dict[str, Any], joined: bool) -> bool:
 
 
 class _InThisProcess:
-    """A stage step run in the driver when its result is first asked for, as `ray.get` waits for a task; torch
-    gets the threads the task would have had."""
+    """A stage step run in the driver when its result is first asked for, as `ray.get` waits for a task (each
+    step sets torch's threads from its config, `with_threads`)."""
 
     def __init__(self, function, options: dict[str, Any], *args):
-        self.function, self.threads, self.args = function, max(1, int(options["num_cpus"])), args
+        self.function, self.args = function, args
 
     def result(self):
-        torch.set_num_threads(self.threads)
         return self.function(*self.args)
 
 
@@ -122,7 +122,9 @@ def train_weights(config_json: dict[str, Any], storage: Storage) -> tuple[dict[s
 
 
 def evaluate(config_json: dict[str, Any], model_name: str, state: dict[str, torch.Tensor]) -> dict[str, float]:
-    return evaluate_weights(on_this_node(TrainConfig.model_validate(config_json)), model_name, state)
+    config = on_this_node(TrainConfig.model_validate(config_json))
+    apply_threads(config.runtime)  # fit() does this for training; here in the driver or a task alike
+    return evaluate_weights(config, model_name, state)
 
 
 def load_teacher_state(model_name: str, num_classes: int, path: str) -> dict[str, torch.Tensor]:
@@ -187,6 +189,7 @@ class TeacherStage:
 def build_cache(config_json: dict[str, Any], state: dict[str, torch.Tensor], storage: Storage, name: str) -> None:
     """Builds the cache where the stage runs and puts it into the experiment's storage."""
     config = on_this_node(TrainConfig.model_validate(config_json))
+    apply_threads(config.runtime)
     if not is_remote(storage.uri):
         build_teacher_cache(config, state, os.path.join(storage.root, name))  # local storage: in place
         return
