@@ -2,10 +2,11 @@
 what a paper-size ablation costs.
 
     python -m benchmarks.throughput                 # CPU: resnet32x4 -> resnet8x4, batch 64, fp32 (~12 min, 2 CPUs)
-    python -m benchmarks.throughput --quick         # fewer steps and smaller sets, under three minutes
+    python -m benchmarks.throughput --quick         # fewer steps, smaller sets, two arms at once: a smoke run
     python -m benchmarks.throughput --device cuda   # one GPU, bf16: the arms, packing, the CIFAR-100 epoch (< 8 min)
 
-Step arms, each in its own process (so peak memory is per arm), channels_last, the same batch:
+Step arms, each in its own process (so peak memory is per arm), one at a time (two at once under --quick),
+channels_last, the same batch:
   (a) reference: the mdistiller way - PIL transforms per sample in a DataLoader, teacher forward every batch;
       with mdistiller's 2 loader worker processes (its default) and with none; speed-ups use the faster one
   (b) ours, live teacher: uint8 data on the device, crop/flip vectorised per batch on the device
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -259,12 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {where}, torch {torch.__version__}; {'bf16' if gpu else 'fp32'}, channels_last, batch "
           f"{args.batch}; {args.teacher} -> {args.student}", flush=True)
     results = {}
-    for arm in ARMS:
-        out = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--arm", arm, "--teacher", args.teacher,
-                              "--student", args.student, "--batch", str(args.batch), "--device", args.device]
-                             + (["--quick"] if args.quick else []),
-                             cwd=REPO, capture_output=True, text=True, check=True, env=os.environ)
-        r = results[arm] = json.loads(out.stdout.strip().splitlines()[-1])
+    for arm, r in _arm_results(args):
+        results[arm] = r
         label = {"reference": "(a) reference, 0 workers", "reference-2w": "(a) reference, 2 workers",
                  "live": "(b) live", "cached": "(c) cached", "bound": "(d) bound"}[arm]
         print(f"  {label:<26} {r['s_per_step'] * 1000:8.1f} ms/step  {args.batch / r['s_per_step']:8.1f} img/s  "
@@ -293,6 +291,22 @@ def main(argv: list[str] | None = None) -> int:
               f"after the last {sweep['after_trials_s']:.1f} s")
     print(f"speedup cached/reference: {reference / cached:.2f}x  bickd-loss overhead: {overhead * 100:.1f}%")
     return 0
+
+
+QUICK_ARMS_AT_ONCE = 2  # --quick: a smoke run, its figures no measurement; two arm processes share the CPUs
+
+
+def _arm_results(args):
+    """(arm, its figures) in ARMS' order, each arm measured in a process of its own: one at a time, so that no
+    arm competes with another for the CPUs or the GPU, except under --quick."""
+    def measure(arm: str) -> dict:
+        out = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--arm", arm, "--teacher", args.teacher,
+                              "--student", args.student, "--batch", str(args.batch), "--device", args.device]
+                             + (["--quick"] if args.quick else []),
+                             cwd=REPO, capture_output=True, text=True, check=True, env=os.environ)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    with ThreadPoolExecutor(QUICK_ARMS_AT_ONCE if args.quick else 1) as pool:
+        yield from zip(ARMS, pool.map(measure, ARMS))
 
 
 def _gpu_plan(args, amp: str, cached_speedup: float) -> int:
