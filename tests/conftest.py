@@ -18,6 +18,9 @@ from bickd_tune.ray_env import init_ray, use_loopback  # noqa: E402  (imports no
 use_loopback()
 
 import ray  # noqa: E402  (after use_loopback(), which Ray reads when it is imported)
+import torch  # noqa: E402
+
+from bickd.models import create_model, save_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +49,15 @@ def deep_update(tree: dict, patch: dict) -> dict:
     for key, value in patch.items():
         out[key] = deep_update(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+@pytest.fixture(scope="session")
+def given_teacher(tmp_path_factory) -> dict:
+    """TINY's teacher given as a checkpoint (resnet8 at its initial weights, seed 0), for the end-to-end tests
+    whose subject is not the teacher: their runs evaluate it and train none (a teacher epoch costs seconds)."""
+    torch.manual_seed(0)
+    path = save_checkpoint(create_model(TINY["teacher"]["model"], 10), tmp_path_factory.mktemp("teacher") / "t.pt")
+    return {"model": TINY["teacher"]["model"], "checkpoint": path}
 
 
 @pytest.fixture

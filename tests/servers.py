@@ -18,6 +18,8 @@ import time
 import urllib.request
 from contextlib import contextmanager
 
+from bickd_tune.mlflow_store import prepare_tracking_store
+
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 SERVER_START_S = 120  # a server that is not answering by then has failed (a busy 2-core machine included)
 SERVER_STOP_S = 30    # a server still running this long after its stop signal is killed
@@ -165,6 +167,7 @@ def mlflow_server(folder: str, artifacts: str, s3_endpoint: str | None = None, b
     port = free_port()
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
     backend = backend_store_uri or f"sqlite:///{os.path.join(folder, 'mlflow-server.db')}"
+    prepare_tracking_store(backend)  # a new SQLite store: the platform's migrated empty copy, not 2 s of migrations
     env = {**os.environ, **CREDENTIALS, **({"MLFLOW_S3_ENDPOINT_URL": s3_endpoint} if s3_endpoint else {}),
            # MLflow 3 starts job-runner processes beside the server (GenAI jobs, unused here) that outlive a
            # stop by the server's process id for a while: not started, nothing of the server is left behind.

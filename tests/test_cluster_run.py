@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from bickd_tune.processes import processes_under, stop_processes_under
 from bickd_tune.tracking import TAG_KIND
 
-# The trials distil from a teacher the driver trains first; one epoch of it is enough for what this module proves.
+# The first test's trials distil from a teacher trained first, in a Ray task; one epoch of it is enough here.
 TEACHER = {"model": "resnet8", "recipe": {"epochs": 1, "schedule": "constant"}}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A real multi-node cluster: the loopback-only switch the other tests set would refuse the second node.
@@ -101,10 +101,10 @@ def test_experiment_through_address_survives_a_killed_trial(two_node_cluster, wr
         assert sorted(steps) == [1, 2, 3, 4], steps  # resumed after its checkpoint: no epoch twice
 
 
-def test_two_experiments_at_once_keep_to_themselves(two_node_cluster, write_experiment, tmp_path):
+def test_two_experiments_at_once_keep_to_themselves(two_node_cluster, write_experiment, given_teacher, tmp_path):
     """Two drivers on one cluster, one storage root and one MLflow store: nothing crosses over."""
     tracking = f"sqlite:///{tmp_path}/shared-mlflow.db"
-    paths = [write_experiment(name, recipe={"epochs": 2}, teacher=TEACHER, search={"num_samples": 2, "space": {
+    paths = [write_experiment(name, recipe={"epochs": 2}, teacher=given_teacher, search={"num_samples": 2, "space": {
         "loss.tau": {"loguniform": [0.05, 0.5]}}}, scheduler={"type": "none"},
         tracking={"tracking_uri": tracking, "experiment_name": "shared"},
         resources={"cpus_per_trial": 1, "max_concurrent_trials": 1, "max_failures": 0}) for name in ("left", "right")]

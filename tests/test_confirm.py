@@ -85,12 +85,12 @@ def test_the_methods_default_is_always_confirmed_and_never_twice(write_experimen
 
 @pytest.mark.ray
 @pytest.mark.timeout(480)
-def test_search_then_confirmation_killed_midway_and_resumed(write_experiment, tmp_path):
+def test_search_then_confirmation_killed_midway_and_resumed(write_experiment, given_teacher, tmp_path):
     if ray.is_initialized():
         ray.shutdown()  # one Ray cluster at a time on this machine
     path = write_experiment(
         "confirmed", recipe={"epochs": EPOCHS},
-        teacher={"model": "resnet8", "recipe": {"epochs": 1, "batch_size": 64, "schedule": "constant"}},
+        teacher=given_teacher,
         # two trials, one of them the YAML's own setting: both are the top 2, and the default among them is
         # trained once in the confirmation, as `defaults`
         search={"num_samples": 2, "seed": 0, "space": {"loss.tau": {"loguniform": [0.05, 0.5]}},

@@ -2,7 +2,7 @@
 
 One sweep: the driver is SIGKILLed while it trains its teacher, SIGKILLed during the trials and gets Ctrl+C
 (SIGINT) during the trials, resumed after each. Runs the CLI in subprocesses (each starts its own local Ray),
-one at a time.
+one at a time (a start refused before it touches anything runs beside a resume).
 """
 from __future__ import annotations
 
@@ -37,10 +37,16 @@ def _cli(*args: str, output=subprocess.PIPE) -> subprocess.Popen:
                             cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
 
 
-def _trial_checkpoints(experiment_dir: str) -> int:
+def _trial_checkpoint_paths(experiment_dir: str) -> set[str]:
+    """Every trial checkpoint folder now on disk (Tune keeps each trial's last two: a new one replaces an old)."""
     if not os.path.isdir(experiment_dir):
-        return 0
-    return sum(name.startswith("checkpoint_") for _, dirs, _ in os.walk(experiment_dir) for name in dirs)
+        return set()
+    return {os.path.join(folder, name) for folder, dirs, _ in os.walk(experiment_dir) for name in dirs
+            if name.startswith("checkpoint_")}
+
+
+def _trial_checkpoints(experiment_dir: str) -> int:
+    return len(_trial_checkpoint_paths(experiment_dir))
 
 
 def _command(pid: int) -> bytes:
@@ -63,7 +69,7 @@ def _wait(condition, process: subprocess.Popen, seconds: float = 240) -> None:
     assert process.poll() is None, process.stdout.read() if process.stdout else process.args
 
 
-TEACHER_EPOCHS = 6
+TEACHER_EPOCHS = 4  # the kill comes after its second epoch; the resume trains the rest
 TRIALS, EPOCHS = 3, 4
 
 
@@ -91,7 +97,7 @@ def test_interrupted_driver_then_resume_completes_every_trial_once(write_experim
         teacher={"model": "resnet8", "recipe": {"epochs": TEACHER_EPOCHS, "batch_size": 16, "schedule": "constant"}},
         search={"num_samples": TRIALS, "seed": 0, "space": {"loss.tau": {"loguniform": [0.05, 0.5]}}},
         scheduler={"type": "none"},
-        resources={"cpus_per_trial": 1, "max_concurrent_trials": 1, "max_failures": 0})
+        resources={"cpus_per_trial": 1, "max_concurrent_trials": 2, "max_failures": 0})
     experiment_dir = str(tmp_path / "experiments" / "resumable")
     ray_folder = local_temp_dir(ExperimentPaths.of(load_experiment(path)))
 
@@ -103,14 +109,13 @@ def test_interrupted_driver_then_resume_completes_every_trial_once(write_experim
     # that never comes (ray_internals.no_prestarted_workers): only Ray's own processes (its agents among them).
     assert not [pid for pid in processes_under(ray_folder) if _command(pid).startswith(b"ray::IDLE")]
     _stop(first, signal.SIGKILL, ray_folder)
-    again = _cli(path)  # starting again without --resume is refused
+    # 2. Resumed: the teacher goes on from its last checkpoint, not from epoch 0; SIGKILL during the first two
+    # trials (they run side by side), once two epochs have checkpoints: most of their epochs are still to come.
+    # Starting again without --resume, meanwhile, is refused before it touches anything.
+    again, second = _cli(path), _cli(path, "--resume")
     out, _ = again.communicate(timeout=60)
     assert again.returncode == 2 and "--resume" in out
-
-    # 2. Resumed: the teacher goes on from its last checkpoint, not from epoch 0; SIGKILL once the second trial
-    # has a checkpoint (each trial keeps its last two).
-    second = _cli(path, "--resume")
-    _wait(lambda: _trial_checkpoints(experiment_dir) >= 3, second)
+    _wait(lambda: _trial_checkpoints(experiment_dir) >= 2, second)
     out = _stop(second, signal.SIGKILL, ray_folder)
     resumed_after = re.search(r"\[teacher\] resuming after epoch (\d+)", out)
     # (its task may finish one more epoch before the killed driver's Ray notices that the driver is gone)
@@ -125,8 +130,8 @@ def test_interrupted_driver_then_resume_completes_every_trial_once(write_experim
 
         def trained_after_resuming() -> bool:
             if not at_resume and "resuming the search trials" in log_path.read_text(encoding="utf-8"):
-                at_resume.append(_trial_checkpoints(experiment_dir))
-            return bool(at_resume) and _trial_checkpoints(experiment_dir) > at_resume[0]
+                at_resume.append(_trial_checkpoint_paths(experiment_dir))
+            return bool(at_resume) and bool(_trial_checkpoint_paths(experiment_dir) - at_resume[0])
         _wait(trained_after_resuming, third)
         _stop(third, signal.SIGINT, ray_folder)
     out = log_path.read_text(encoding="utf-8")

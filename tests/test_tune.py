@@ -326,9 +326,9 @@ def test_ablation_produces_the_table(ray_local, write_experiment, tmp_path, caps
     assert draws.check_independent(fresh, ExperimentPaths.of(fresh), draws.teacher_ids(fresh)) == {}
 
 
-def test_torch_trainer_trial_with_two_gloo_workers(ray_local, write_experiment, tmp_path):
+def test_torch_trainer_trial_with_two_gloo_workers(ray_local, write_experiment, given_teacher, tmp_path):
     path = write_experiment(
-        "ddp", recipe={"epochs": 1}, teacher={"model": "resnet8"},
+        "ddp", recipe={"epochs": 1}, teacher=given_teacher,
         search={"num_samples": 1}, scheduler={"type": "none"},
         resources={"cpus_per_trial": 1, "num_workers": 2, "max_failures": 0})
     assert tune_cli.main([path, "--no-report"]) == 0
@@ -344,9 +344,9 @@ def test_torch_trainer_trial_with_two_gloo_workers(ray_local, write_experiment, 
     assert os.path.isdir(os.path.join(str(tmp_path / "experiments"), "train_runs"))
 
 
-def test_a_diverging_trial_fails_alone_with_its_reason(ray_local, write_experiment, tmp_path):
+def test_a_diverging_trial_fails_alone_with_its_reason(ray_local, write_experiment, given_teacher, tmp_path):
     path = write_experiment(
-        "diverging", recipe={"epochs": 2},
+        "diverging", recipe={"epochs": 2}, teacher=given_teacher,
         search={"num_samples": 2, "space": {"recipe.lr": {"choice": [0.05, 1.0e6]}},
                 "points_to_evaluate": [{"recipe.lr": 0.05}, {"recipe.lr": 1.0e6}]},
         scheduler={"type": "none"}, resources={"cpus_per_trial": 1, "max_concurrent_trials": 2, "max_failures": 0})
@@ -359,10 +359,11 @@ def test_a_diverging_trial_fails_alone_with_its_reason(ray_local, write_experime
     assert "train/loss" not in by_lr[1.0e6].data.metrics  # stopped in its first epoch
 
 
-def test_a_reused_trial_process_gives_the_same_result_as_a_fresh_one(ray_local, write_experiment, tmp_path):
+def test_a_reused_trial_process_gives_the_same_result_as_a_fresh_one(ray_local, write_experiment, given_teacher,
+                                                                     tmp_path):
     """Tune runs the second trial in the first one's process (reuse_actors): nothing may leak between them."""
     path = write_experiment(
-        "reuse", recipe={"epochs": 2},
+        "reuse", recipe={"epochs": 2}, teacher=given_teacher,
         ablation={"seeds": [0], "reference": "first", "control": None, "arms": {"first": {}, "second": {}}},
         resources={"cpus_per_trial": 1, "max_concurrent_trials": 1, "max_failures": 0})
     assert tune_cli.main([path, "--no-report"]) == 0
