@@ -29,7 +29,7 @@ class Comparison:
     """`arm` against `baseline` on one metric, over seeds. Deltas are arm − baseline, in the metric's units."""
     arm: str
     baseline: str
-    test: str               # PAIRED or WELCH ("" when there are too few seeds to test)
+    test: str               # PAIRED or WELCH ("" when untested: too few seeds, or no spread)
     n: int                  # seed pairs (paired) or the smaller arm's seeds (Welch)
     delta: float
     ci_low: float           # 95% interval of delta, not corrected for multiplicity
@@ -49,6 +49,11 @@ class Comparison:
     @property
     def tested(self) -> bool:
         return not math.isnan(self.p)
+
+    @property
+    def constant_difference(self) -> bool:
+        """Paired seeds whose differences are all equal (often all 0): a t-test has no spread to use."""
+        return not self.tested and self.n >= 2 and self.spread == 0
 
 
 def pair_key(a: str, b: str) -> frozenset[str]:
@@ -171,6 +176,8 @@ def power_of(test: str, n: int, effect_size: float, level: float) -> float:
 def verdict(c: Comparison, alpha: float, effect_of_interest: float, unit: str = "points") -> str:
     """Words a reader can quote: better/worse at the adjusted p; otherwise what the test could have seen."""
     against = c.baseline
+    if c.constant_difference:
+        return f"the same Δ at each of {c.n} seeds: not testable"
     if not c.tested:
         return "too few seeds to test"
     if c.p_adjusted < alpha:
@@ -202,6 +209,9 @@ def family_note(comparisons: list[Comparison], alpha: float, power: float, effec
         if c.tested:
             families.setdefault(c.family, []).append(c.name)
     if not families:
+        if any(c.constant_difference for c in comparisons):
+            return ("Nothing was tested: each comparison had too few seeds or the same difference at every seed "
+                    "(no spread for a t-test).")
         return "No comparison had two or more seeds per side: nothing was tested."
     family_text = "; ".join(
         f"{'declared primary before any trial ran' if f == PRIMARY else 'exploratory (everything not declared)' if f == EXPLORATORY else 'every comparison shown'}"

@@ -135,6 +135,16 @@ def test_verdicts_say_which_case_they_are():
     words = statistics.verdict(vague, 0.05, analysis.effect_of_interest)
     assert words.startswith("inconclusive at 5 seeds") and "needed" in words or "out of reach" in words
     assert "distinguishable" not in words
+    shifted = [71.0, 72.5, 70.0, 73.0, 71.5]  # one point above `below` at every seed, exactly
+    below = [70.0, 71.5, 69.0, 72.0, 70.5]
+    same = statistics.in_families([statistics.compare("same", _series(shifted), "full", _series(below))], set(),
+                                  0.05, 0.8)[0]
+    assert not same.tested and same.delta == pytest.approx(1.0)
+    assert statistics.verdict(same, 0.05, 1.0) == "the same Δ at each of 5 seeds: not testable"  # not "too few"
+    assert "the same difference at every seed" in statistics.family_note([same], 0.05, 0.8, 1.0)
+    few = statistics.in_families([statistics.compare("few", _series(FULL[:1], [0]), "full", _series(FULL))], set(),
+                                 0.05, 0.8)[0]
+    assert statistics.verdict(few, 0.05, 1.0) == "too few seeds to test"
 
 
 def test_the_ablation_table_compares_each_pair_once_paired_and_saves_per_seed_values(tmp_path):
