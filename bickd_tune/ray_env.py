@@ -112,7 +112,7 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, temp_dir
     """
     import ray  # not at the top: use_loopback() must run before the process's first `import ray` (module docstring)
 
-    from bickd_tune.ray_internals import no_prestarted_workers  # imports ray: the same reason
+    from bickd_tune.ray_internals import LOCAL_SETUP_HOOK, no_prestarted_workers  # imports ray: the same reason
 
     if ray.is_initialized():
         return
@@ -122,8 +122,10 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, temp_dir
         ray.init(address=address, runtime_env=joined_runtime_env(), **kwargs)
     else:
         # `coordinator` slots, as the clusters' heads have: a DDP trial's driver asks for one by default.
+        # No dashboard locally (README, Security), hence no State API: LOCAL_SETUP_HOOK says what that silences.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir,
-                 resources={COORDINATOR: COORDINATOR_SLOTS}, **no_prestarted_workers(), **kwargs)
+                 resources={COORDINATOR: COORDINATOR_SLOTS}, runtime_env={"worker_process_setup_hook": LOCAL_SETUP_HOOK},
+                 **no_prestarted_workers(), **kwargs)
 
 
 def cluster_resources() -> dict[str, float]:

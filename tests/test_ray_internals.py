@@ -3,7 +3,9 @@ imports them). A Ray release that renames, moves or re-signs one of them fails h
 local cluster. Nothing is started: no Ray instance, no node process."""
 from __future__ import annotations
 
+import importlib
 import inspect
+import logging
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,15 @@ def test_validate_config_refuses_a_launcher_config_by_raising():
     config["max_workers"] = "many"
     with pytest.raises(Exception):  # noqa: B017 - Ray raises whatever its schema check raises; cluster/check.py too
         ray_internals.validate_config(config)
+
+
+def test_the_local_setup_hook_quiets_the_logger_ray_train_s_cleaner_uses():
+    """The hook names its function by import path (workers import it) and Ray Train's cleaner module by logger name:
+    both must still resolve, the cleaner must still log through that logger, and the hook must raise its level."""
+    module, function = ray_internals.LOCAL_SETUP_HOOK.rsplit(".", 1)
+    assert getattr(importlib.import_module(module), function) is ray_internals.quiet_placement_group_cleaner
+    cleaner = importlib.import_module(ray_internals.PLACEMENT_GROUP_CLEANER_LOGGER)
+    assert cleaner.logger.name == ray_internals.PLACEMENT_GROUP_CLEANER_LOGGER
+    assert hasattr(cleaner, "PlacementGroupCleaner")
+    ray_internals.quiet_placement_group_cleaner()
+    assert not logging.getLogger(ray_internals.PLACEMENT_GROUP_CLEANER_LOGGER).isEnabledFor(logging.WARNING)
