@@ -124,8 +124,8 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, temp_dir
         # `coordinator` slots, as the clusters' heads have: a DDP trial's driver asks for one by default.
         # No dashboard locally (README, Security), hence no State API: LOCAL_SETUP_HOOK says what that silences.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir,
-                 resources={COORDINATOR: COORDINATOR_SLOTS}, runtime_env={"worker_process_setup_hook": LOCAL_SETUP_HOOK},
-                 **no_prestarted_workers(), **kwargs)
+                 resources={COORDINATOR: COORDINATOR_SLOTS},
+                 runtime_env={"worker_process_setup_hook": LOCAL_SETUP_HOOK}, **no_prestarted_workers(), **kwargs)
 
 
 def cluster_resources() -> dict[str, float]:

@@ -29,8 +29,8 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 
 CHECKED_RAY_VERSION = "2.60.0"
 
-__all__ = ["CHECKED_RAY_VERSION", "FakeMultiNodeProvider", "LOCAL_SETUP_HOOK", "no_prestarted_workers", "prepare_config",
-           "quiet_placement_group_cleaner", "validate_config"]
+__all__ = ["CHECKED_RAY_VERSION", "FakeMultiNodeProvider", "LOCAL_SETUP_HOOK", "no_prestarted_workers",
+           "prepare_config", "quiet_placement_group_cleaner", "validate_config"]
 PLACEMENT_GROUP_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 LOCAL_SETUP_HOOK = "bickd_tune.ray_internals.quiet_placement_group_cleaner"  # by name: workers import it
 
