@@ -55,8 +55,10 @@ def deep_update(tree: dict, patch: dict) -> dict:
 def given_teacher(tmp_path_factory) -> dict:
     """TINY's teacher given as a checkpoint (resnet8 at its initial weights, seed 0), for the end-to-end tests
     whose subject is not the teacher: their runs evaluate it and train none (a teacher epoch costs seconds)."""
-    torch.manual_seed(0)
-    path = save_checkpoint(create_model(TINY["teacher"]["model"], 10), tmp_path_factory.mktemp("teacher") / "t.pt")
+    with torch.random.fork_rng():  # the seed stays in here: later tests see the random state they saw before
+        torch.manual_seed(0)
+        model = create_model(TINY["teacher"]["model"], 10)
+    path = save_checkpoint(model, tmp_path_factory.mktemp("teacher") / "t.pt")
     return {"model": TINY["teacher"]["model"], "checkpoint": path}
 
 

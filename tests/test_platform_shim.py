@@ -9,9 +9,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STDLIB_CALLS = "platform.system(), platform.machine(), platform.python_version(), platform.uname().system"
 
 
+WITH_REPO_ON_PATH = {**os.environ, "PYTHONPATH": REPO}
+
+
 def _run(args, **kwargs):
-    env = {**os.environ, "PYTHONPATH": REPO}
-    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env, timeout=120, **kwargs)
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=WITH_REPO_ON_PATH, timeout=120,
+                          **kwargs)
 
 
 def _side_by_side(commands: list[tuple[list[str], str, dict]]) -> list[subprocess.CompletedProcess]:
@@ -48,9 +51,8 @@ def test_the_platform_code_imports_where_the_stdlib_platform_came_first(tmp_path
 def test_python_dash_m_entry_point_and_libraries_that_call_platform():
     code = ("import platform, torch, mlflow, ray; "
             f"print({STDLIB_CALLS}); import platform.tune; print('tune', platform.tune.run_cli.__name__)")
-    env = {**os.environ, "PYTHONPATH": REPO}
-    result, help_text = _side_by_side([([sys.executable, "-c", code], REPO, env),
-                                       ([sys.executable, "-m", "platform.tune", "--help"], REPO, env)])
+    result, help_text = _side_by_side([([sys.executable, "-c", code], REPO, WITH_REPO_ON_PATH),
+                                       ([sys.executable, "-m", "platform.tune", "--help"], REPO, WITH_REPO_ON_PATH)])
     assert result.returncode == 0, result.stderr
     assert "tune run_cli" in result.stdout
     assert help_text.returncode == 0, help_text.stderr
