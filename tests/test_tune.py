@@ -59,10 +59,12 @@ SEARCH = {  # a search over the loss itself: two parameter-free options, DIST, a
               "loss.tau": {"loguniform": [0.05, 0.5], "when": {"loss.name": "bickd"}},
               "loss.contrast": {"choice": ["full", "positive_only"], "when": {"loss.name": "bickd"}},
               "loss.orthogonality": {"uniform": [0.0, 2.0], "when": {"loss.contrast": "full"}}},
+    # ce first: after one epoch the distillers of this 3-epoch teacher sit tied at chance (10.19% on 7 Dec
+    # 2026) and ASHA stops nothing on ties; ce, off chance by then, gives its first rung a value they fall below.
     # kd twice: the repeat is told kd's value and the sampler asked again, never trained
-    "points_to_evaluate": [{"loss.name": "bickd", "loss.tau": 0.1, "loss.contrast": "full",
-                            "loss.orthogonality": 1.0}, {"loss.name": "kd"}, {"loss.name": "kd"},
-                           {"loss.name": "dist"}]}
+    "points_to_evaluate": [{"loss.name": "ce"}, {"loss.name": "bickd", "loss.tau": 0.1, "loss.contrast": "full",
+                                                 "loss.orthogonality": 1.0}, {"loss.name": "kd"},
+                           {"loss.name": "kd"}, {"loss.name": "dist"}]}
 LOCAL_CPUS = 4  # what the ray_local fixture starts
 
 
@@ -168,7 +170,7 @@ def test_every_configuration_trains_once_under_the_parent_run(sweep):
     identities = {tuple(sorted(run.data.params.items())) for run in sweep.trials}
     assert len(identities) == SEARCH_TRIALS  # distinct configurations: nothing trained twice
     names = [run.data.params["loss.name"] for run in sweep.trials]
-    assert names.count("kd") == 1 and names.count("ce") <= 1  # parameter-free options once each
+    assert names.count("kd") == 1 and names.count("ce") == 1  # parameter-free options once each
 
 
 def test_each_loss_trains_at_its_own_defaults(sweep):
