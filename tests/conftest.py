@@ -1,4 +1,5 @@
-"""Shared fixtures: one real local Ray instance at a time, and tiny experiment YAMLs on offline data."""
+"""Shared fixtures: one real local Ray instance at a time per test worker, and tiny experiment YAMLs on offline
+data."""
 from __future__ import annotations
 
 import os

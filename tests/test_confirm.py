@@ -87,7 +87,7 @@ def test_the_methods_default_is_always_confirmed_and_never_twice(write_experimen
 @pytest.mark.timeout(480)
 def test_search_then_confirmation_killed_midway_and_resumed(write_experiment, given_teacher, tmp_path):
     if ray.is_initialized():
-        ray.shutdown()  # one Ray cluster at a time on this machine
+        ray.shutdown()  # an earlier test's instance in this worker would share the CPUs
     path = write_experiment(
         "confirmed", recipe={"epochs": EPOCHS},
         teacher=given_teacher,

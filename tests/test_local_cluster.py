@@ -74,7 +74,7 @@ def _cli(home, *args: str, timeout: float = 120, **extra: str) -> subprocess.Com
 def cluster(tmp_path, home):
     """cluster/local.yaml brought up from another folder, without PYTHONPATH, as a user would."""
     if ray.is_initialized():
-        ray.shutdown()  # one Ray cluster at a time on this machine
+        ray.shutdown()  # an earlier test's instance in this worker would share the CPUs
     temp_dir = tempfile.mkdtemp(prefix="bickd-t-")  # short: Ray's socket paths must fit
     port = free_port()
     elsewhere = tmp_path / "elsewhere"

@@ -63,7 +63,7 @@ def test_plain_pytest_imports_stdlib_platform_first():
     """Plain `pytest` imports the stdlib module before conftest.py: the root conftest grafts the package."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     pytest_bin = os.path.join(os.path.dirname(sys.executable), "pytest")
-    result = subprocess.run([pytest_bin, "-q", "-p", "no:cacheprovider",
+    result = subprocess.run([pytest_bin, "-q", "-p", "no:cacheprovider", "-n", "0",  # in pytest's own process
                              "tests/test_platform_shim.py::test_stdlib_api_and_submodules_in_this_process"],
                             cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
     assert "1 passed" in result.stdout, result.stdout + result.stderr

@@ -91,7 +91,7 @@ def test_interrupted_driver_then_resume_completes_every_trial_once(write_experim
     nothing is lost, duplicated or left running: one finished parent run, every teacher epoch logged once,
     every trial once with each epoch once, one complete study trial per trial."""
     if ray.is_initialized():
-        ray.shutdown()  # one Ray cluster at a time on this machine
+        ray.shutdown()  # an earlier test's instance in this worker would share the CPUs
     path = write_experiment(
         "resumable", recipe={"epochs": EPOCHS},
         teacher={"model": "resnet8", "recipe": {"epochs": TEACHER_EPOCHS, "batch_size": 16, "schedule": "constant"}},
